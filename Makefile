@@ -1,0 +1,45 @@
+# Two entry points (README): `make demo` runs the trace on the embedded default, `make test` runs everything.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+JOBS   ?= $(shell nproc)
+
+.PHONY: demo test install cpp-test py-test clean
+
+# One local environment. `demo` needs only the package; `test` adds CPU torch and the vLLM 0.33 planning
+# code (installed with --no-deps), the reference the parity tests compare against.
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.test-deps: tests/requirements-vllm33.txt | $(PY)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -r tests/requirements-vllm33.txt
+	$(PIP) install --no-deps vllm==0.33.0
+	touch $@
+
+# Builds the C++ library and the pybind11 module with scikit-build-core and installs the package.
+install: | $(PY)
+	$(PIP) install .
+
+demo: install
+	$(VENV)/bin/hybrid-alloc trace
+
+# C++ allocator tests: AddressSanitizer + UndefinedBehaviorSanitizer on every test, ThreadSanitizer on the stress.
+cpp-test:
+	cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DHYBRID_ALLOC_BUILD_TESTS=ON -DHYBRID_ALLOC_SANITIZE=address >/dev/null
+	cmake --build build/asan -j $(JOBS) >/dev/null
+	ctest --test-dir build/asan --output-on-failure
+	cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DHYBRID_ALLOC_BUILD_TESTS=ON -DHYBRID_ALLOC_SANITIZE=thread >/dev/null
+	cmake --build build/tsan -j $(JOBS) >/dev/null
+	ctest --test-dir build/tsan --output-on-failure -L stress
+
+# pytest exit code 5 = "no tests collected": an error here, never a silent pass.
+py-test: $(VENV)/.test-deps install
+	$(PY) -m pytest -q -ra; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test: cpp-test py-test
+
+clean:
+	rm -rf $(VENV) build

@@ -1,0 +1,114 @@
+"""The per-layer cache layout of a model, as vLLM sees it on one tensor-parallel rank.
+
+This is the contract between the model readers (``hybrid_alloc.models``), the planners
+(``hybrid_alloc.planner``) and the vLLM plugin. Invariants:
+- ``layers`` lists every layer that holds KV cache or state, in vLLM's layer order; a decoder layer
+  may contribute two (Falcon-H1: attention and Mamba2) or none (MoE / MLP layers).
+- Shapes and head counts are per tensor-parallel rank, exactly as vLLM computes them
+  (``MambaStateShapeCalculator``, ``ModelConfig.get_num_kv_heads``).
+- Attention bytes depend on ``--kv-cache-dtype``; the layout keeps the model dtype and lets the planner
+  pick the cache dtype (``kv_bytes_per_token``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+
+# Bytes per element of the dtype names used in vLLM configs and ``--kv-cache-dtype``.
+DTYPE_BYTES = {
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "fp8": 1,
+    "fp8_e4m3": 1,
+    "fp8_e5m2": 1,
+}
+
+ATTENTION = "attention"
+STATE_KINDS = ("mamba1", "mamba2", "gdn", "short_conv", "linear_attention")
+
+
+def dtype_bytes(dtype: str) -> int:
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; supported: {', '.join(DTYPE_BYTES)}") from None
+
+
+@dataclass(frozen=True)
+class StateTensor:
+    """One tensor of a recurrent state (e.g. conv or ssm/temporal), per request, per TP rank."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        return prod(self.shape) * dtype_bytes(self.dtype)
+
+
+@dataclass(frozen=True)
+class CacheLayer:
+    """One layer that holds KV cache (``kind == "attention"``) or recurrent state (a STATE_KINDS entry)."""
+
+    name: str  # vLLM's layer prefix, e.g. "model.layers.3.self_attn"
+    decoder_layer: int  # index into the model's decoder layers (pipeline-parallel splits use it)
+    kind: str
+    num_kv_heads: int = 0  # attention only, per TP rank
+    head_size: int = 0  # attention only
+    head_size_v: int = 0  # attention only; 0 means equal to head_size
+    sliding_window: int | None = None  # attention only
+    state: tuple[StateTensor, ...] = ()  # state layers only
+
+    @property
+    def is_attention(self) -> bool:
+        return self.kind == ATTENTION
+
+    @property
+    def is_state(self) -> bool:
+        return self.kind in STATE_KINDS
+
+    @property
+    def state_page_bytes(self) -> int:
+        """vLLM's unpadded ``MambaSpec.page_size_bytes``: one request's state in this layer."""
+        return sum(t.nbytes for t in self.state)
+
+    def kv_bytes_per_token(self, cache_dtype: str) -> int:
+        """K and V bytes per token in this layer (``FullAttentionSpec(block_size=1).page_size_bytes``)."""
+        v = self.head_size_v or self.head_size
+        return self.num_kv_heads * (self.head_size + v) * dtype_bytes(cache_dtype)
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    name: str  # a short display name, e.g. "Qwen/Qwen3.5-9B"
+    source: str  # where the config was read from (path or "bundled:<file>")
+    model_type: str
+    architecture: str
+    dtype: str  # model dtype; "--kv-cache-dtype auto" resolves to it
+    num_decoder_layers: int  # what vLLM's get_pp_indices splits
+    max_position_embeddings: int
+    layers: tuple[CacheLayer, ...]
+    tp: int = 1
+    num_speculative_tokens: int = 0
+    # Weights, for the budget estimate: bytes on one TP rank of each decoder layer, and of the parts
+    # outside them (embeddings on the first stage, final norm + LM head on the last).
+    weight_bytes_per_decoder_layer: tuple[int, ...] = ()
+    embedding_weight_bytes: int = 0
+    head_weight_bytes: int = 0
+    quant_bits: int | None = None  # from quantization_config, None = unquantised
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def attention_layers(self) -> tuple[CacheLayer, ...]:
+        return tuple(layer for layer in self.layers if layer.is_attention)
+
+    @property
+    def state_layers(self) -> tuple[CacheLayer, ...]:
+        return tuple(layer for layer in self.layers if layer.is_state)
+
+    @property
+    def is_hybrid(self) -> bool:
+        return bool(self.attention_layers) and bool(self.state_layers)

@@ -1,0 +1,29 @@
+"""What a plan is computed for: the vLLM engine arguments that shape the KV cache (vLLM's defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SUPPORTED_VLLM_VERSIONS = ("0.33", "0.32")
+KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8")
+
+
+@dataclass(frozen=True)
+class Settings:
+    hardware: str = "rtx3060"  # a key of hybrid_alloc.planner.hardware.HARDWARE
+    vllm_version: str = "0.33"
+    pp: int = 1
+    tp: int = 1
+    kv_cache_memory: int | None = None  # bytes per GPU; pins the budget like --kv-cache-memory-bytes
+    gpu_memory: int | None = None  # bytes per GPU; overrides the hardware profile's memory
+    gpu_memory_utilization: float = 0.92
+    max_model_len: int | None = None  # None: the model's max_position_embeddings, as vLLM does
+    max_num_seqs: int = 256  # vLLM's default on GPUs
+    kv_cache_dtype: str = "auto"
+    prefix_caching: bool = True  # vLLM's default; hybrids then run mamba_cache_mode "align"
+    num_speculative_tokens: int = 0
+    pp_layer_partition: str | None = None  # VLLM_PP_LAYER_PARTITION
+
+    @property
+    def mamba_cache_mode(self) -> str:
+        return "align" if self.prefix_caching else "none"
