@@ -5,6 +5,16 @@
 //
 // Invariants: every function is thread safe; none throws (failures return false / nullptr and fill
 // `err`); a reservation's address range never moves while it exists.
+// How the allocator calls it (allocator.cpp, arena.cpp, caching.cpp):
+//  - every call for device d is made under d's allocator mutex, so calls for one device never overlap;
+//  - alloc_segment sizes are multiples of 2 MiB; the returned pointer must be aligned to >= 2 MiB on CUDA
+//    (cuMemAlloc gives that) and is aligned to the 2 MiB granule on the host;
+//  - map/unmap are called ONE GRANULE AT A TIME (offset and bytes == granularity(device)), and unmap only
+//    on a granule previously mapped (so a CUDA backend may keep one cuMemCreate handle per granule);
+//    release is called after every granule was unmapped; map must make the range read/write for device;
+//  - record_event may return nullptr on failure: the allocator then keeps the block out of reuse and
+//    retries later; destroy_event is called exactly once per non-null event, after event_done or at
+//    teardown.
 #pragma once
 
 #include <cstddef>
