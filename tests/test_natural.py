@@ -1,0 +1,209 @@
+"""The natural layout, checked against a second computation: a block-by-block simulation of the pool."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hand_layouts import hand_layout
+
+from hybrid_alloc.planner.hardware import get_hardware
+from hybrid_alloc.planner.natural import plan_natural, state_blocks_per_request
+from hybrid_alloc.planner.pipeline import stage_layers
+from hybrid_alloc.planner.settings import Settings
+
+GPU = get_hardware("rtx3060")
+
+
+def smallest(predicate) -> int:
+    n = 0
+    while not predicate(n):
+        n += 1
+    return n
+
+
+def simulate_slot_blocks(stages, block: int) -> int:
+    """k by search: the fewest attention pages of a tensor that hold its share of state pages."""
+    k = 1
+    for layers in stages:
+        attention = [layer for layer in layers if layer.is_attention]
+        state = [layer for layer in layers if layer.is_state]
+        if not attention or not state:
+            continue
+        # Deal the state layers to the attention tensors one by one; the fullest tensor decides.
+        per_tensor = [0] * len(attention)
+        for index, layer in enumerate(state):
+            per_tensor[index % len(attention)] += layer.state_page_bytes
+        page = min(block * layer.kv_bytes_per_token("bfloat16") for layer in attention)
+        k = max(k, smallest(lambda n: n * page >= max(per_tensor)))
+    return k
+
+
+def simulate_num_blocks(stages, budgets, block: int, k: int) -> int:
+    """The largest block count whose tensors fit every stage's budget, by counting up."""
+
+    def allocated(layers, n: int) -> int:
+        attention = [layer for layer in layers if layer.is_attention]
+        if attention:
+            return sum(n * block * layer.kv_bytes_per_token("bfloat16") for layer in attention)
+        return sum((n // k) * layer.state_page_bytes for layer in layers if layer.is_state)
+
+    return smallest(lambda n: any(allocated(ls, n + 1) > b for ls, b in zip(stages, budgets)))
+
+
+def simulate_admitted(num_blocks: int, k: int, slots: int, attention_blocks: int, limit: int) -> int:
+    """Admit identical requests into a pool of block ids until one does not fit: block 0 is the null
+    block, state slots take the highest free runs of k ids aligned from the top of the pool, attention
+    the lowest free ids."""
+    free = [True] * num_blocks
+    free[0] = False
+    runs = [range(start, start + k) for start in range(num_blocks - k, -1, -k)]  # highest first
+    admitted = 0
+    while admitted < limit:
+        for _ in range(slots):
+            run = next((run for run in runs if all(free[i] for i in run)), None)
+            if run is None:
+                return admitted
+            for i in run:
+                free[i] = False
+        lowest = [i for i in range(num_blocks) if free[i]][:attention_blocks]
+        if len(lowest) < attention_blocks:
+            return admitted
+        for i in lowest:
+            free[i] = False
+        admitted += 1
+    return admitted
+
+
+PATTERNS = ["SSSA" * 4, "SSA" * 5, "SA" * 6 + "SSSSS", "A" * 6, "S" * 5, "AAAASSSSSSSSSSS", "B" * 4]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_plan_matches_pool_simulation(seed):
+    rng = random.Random(seed)
+    pattern = rng.choice(PATTERNS)
+    pp = rng.choice([1, 2, 3])
+    layout = hand_layout(
+        pattern,
+        kv_heads=rng.choice([1, 2, 4]),
+        head_size=rng.choice([64, 128, 256]),
+        temporal=(rng.choice([4, 16, 32]), 64, rng.choice([32, 64, 128])),
+    )
+    settings = Settings(pp=pp, max_num_seqs=10**6, prefix_caching=rng.random() < 0.5)
+    budgets = [rng.randrange(20, 120) * 2**20 for _ in range(pp)]
+    plan = plan_natural(layout, settings, budgets, GPU)
+    stages = stage_layers(layout, pp)
+
+    has_attention, has_state = bool(layout.attention_layers), bool(layout.state_layers)
+    k = simulate_slot_blocks(stages, 16) if has_attention and has_state else (1 if has_state else 0)
+    assert plan.state_slot_blocks == k
+    if has_attention:
+        assert plan.num_blocks == simulate_num_blocks(stages, budgets, 16, max(k, 1))
+    m = state_blocks_per_request(layout, settings, GPU) if has_state else 0
+    for length in (1, 16, 17, 500, 4096):
+        attention_blocks = -(-length // 16) if has_attention else 0
+        expected = simulate_admitted(plan.num_blocks, max(k, 1), m, attention_blocks, limit=10**6)
+        assert plan.capacity(length) == expected, (pattern, pp, length)
+    for stage, budget in zip(plan.stages, budgets):
+        assert stage.bytes <= budget
+
+
+def test_qwen35_9b_numbers_from_the_design():
+    """DESIGN.md: Qwen3.5-9B (24 GDN + 8 attention) at 8 GiB: k = 99 blocks of 16 tokens, 16384 blocks."""
+    layout = hand_layout("SSSA" * 8)
+    settings = Settings(prefix_caching=False, max_num_seqs=1024)
+    plan = plan_natural(layout, settings, [8 * 2**30], GPU)
+    stage = plan.stages[0]
+    # One GDN page (conv + float32 temporal) against one 16-token page of one attention layer.
+    state_page = 3 * 8192 * 2 + 32 * 128 * 128 * 4
+    page = 16 * 4 * 256 * 2 * 2
+    assert (stage.state_page_bytes, stage.attention_page_bytes) == (state_page, page)
+    assert stage.state_layers_per_tensor == 3
+    assert plan.state_slot_blocks * page >= 3 * state_page > (plan.state_slot_blocks - 1) * page
+    assert plan.num_blocks * 8 * page == 8 * 2**30
+    assert plan.capacity(512) == (plan.num_blocks - 1) // (32 + plan.state_slot_blocks)
+    assert stage.unused_state_pages_per_slot == 0
+
+
+def test_capacity_is_monotone_in_length_and_budget():
+    layout = hand_layout("SSSA" * 4)
+    settings = Settings(max_num_seqs=10**6)
+    small, large = (plan_natural(layout, settings, [b * 2**20], GPU) for b in (200, 400))
+    lengths = [1, 15, 16, 17, 100, 512, 4096, 32768]
+    for plan in (small, large):
+        caps = [plan.capacity(length) for length in lengths]
+        assert caps == sorted(caps, reverse=True)
+    assert all(small.capacity(length) <= large.capacity(length) for length in lengths)
+
+
+def test_max_num_seqs_caps_capacity():
+    layout = hand_layout("SSSA" * 2)
+    plan = plan_natural(layout, Settings(max_num_seqs=7), [2**30], GPU)
+    assert plan.capacity(16) == 7 < plan.fit(16)
+
+
+def test_pp_takes_min_blocks_and_max_slot():
+    # Stage 0 holds 1 attention + 3 state layers (k for r=3), stage 1 1 attention + 1 state layer (r=1).
+    layout = hand_layout("SSSA" + "SA")
+    settings = Settings(pp=2, pp_layer_partition="4,2", max_num_seqs=10**6)
+    plan = plan_natural(layout, settings, [300 * 2**20, 100 * 2**20], GPU)
+    first, second = plan.stages
+    assert first.slot_blocks_needed > second.slot_blocks_needed
+    assert plan.state_slot_blocks == first.slot_blocks_needed
+    assert plan.num_blocks == min(first.max_blocks, second.max_blocks) == second.max_blocks
+    assert plan.bottleneck_stage == 1
+    # Bytes are re-derived from the shared block count, not each stage's own fit.
+    assert first.bytes == plan.num_blocks * first.bytes_per_block < first.budget_bytes
+
+
+def test_state_only_stage_keeps_slots():
+    layout = hand_layout("AASS" + "SSSS")
+    settings = Settings(pp=2, max_num_seqs=10**6)
+    budget = 50 * 2**20
+    plan = plan_natural(layout, settings, [budget, budget], GPU)
+    state_only = plan.stages[1]
+    assert state_only.is_state_only and plan.bottleneck_stage == 1
+    # Four state-only tensors, one state page per slot each; the shared pool has exactly that many slots.
+    slots = budget // (4 * layout.state_layers[0].state_page_bytes)
+    assert plan.num_blocks // plan.state_slot_blocks == slots
+    assert state_only.bytes == slots * state_only.state_bytes_per_request
+    assert plan.fit(1) == (plan.num_blocks - 1) // (1 + 2 * plan.state_slot_blocks)
+
+
+def test_attention_only_model_has_no_slots():
+    plan = plan_natural(hand_layout("A" * 4), Settings(max_num_seqs=10**6), [2**28], GPU)
+    assert (plan.state_slot_blocks, plan.state_slots_per_request) == (0, 0)
+    assert plan.capacity(4096) == (plan.num_blocks - 1) // 256
+    assert any("no state layer" in note for note in plan.notes)
+
+
+def test_state_only_model_capacity_ignores_length():
+    plan = plan_natural(hand_layout("S" * 4), Settings(max_num_seqs=10**6), [2**28], GPU)
+    assert plan.attention_block_size is None
+    assert plan.capacity(1) == plan.capacity(10**6) > 0
+    assert any("no attention layer" in note for note in plan.notes)
+
+
+def test_unused_state_pages_reported():
+    # 2 attention tensors host 5 state layers: r = 3, one page position per slot unused.
+    plan = plan_natural(hand_layout("AASSSSS"), Settings(), [2**30], GPU)
+    assert plan.stages[0].unused_state_pages_per_slot == 2 * 3 - 5
+
+
+def test_cpu_backend_uses_32_token_blocks():
+    plan = plan_natural(hand_layout("SSSA"), Settings(hardware="cpu"), [2**28], get_hardware("cpu"))
+    assert plan.attention_block_size == 32
+
+
+@pytest.mark.parametrize(
+    "prefix_caching, spec, sm90, expected",
+    [(False, 0, False, 1), (False, 2, False, 3), (True, 0, False, 2), (True, 1, True, 4)],
+)
+def test_state_slots_per_request_follow_mamba_spec(prefix_caching, spec, sm90, expected):
+    settings = Settings(prefix_caching=prefix_caching, num_speculative_tokens=spec)
+    hardware = get_hardware("h100" if sm90 else "rtx3060")
+    assert state_blocks_per_request(hand_layout("SSSA"), settings, hardware) == expected
+    # Mamba2 exports prefill checkpoints on every device.
+    if prefix_caching:
+        mamba2 = hand_layout("SSSA", kind="mamba2")
+        assert state_blocks_per_request(mamba2, settings, get_hardware("rtx3060")) == 3 + spec
