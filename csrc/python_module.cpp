@@ -14,6 +14,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "hybrid_alloc.h"
@@ -57,6 +58,10 @@ py::dict stats(int device) {
   d["caching"] = counter_dict(s.caching);
   d["arena_reserved_bytes"] = s.arena_reserved_bytes;
   d["num_ooms"] = s.num_ooms;
+  d["num_invalid_frees"] = s.num_invalid_frees;
+  d["num_segments"] = s.num_segments;
+  d["pending_free_bytes"] = s.pending_free_bytes;
+  d["limit_bytes"] = s.limit_bytes;
   return d;
 }
 
@@ -75,6 +80,27 @@ py::dict tag_stats(int device) {
     }
     if (r <= i) break;  // tags vanished between calls (reset): stop at what exists
     out[py::str(tag)] = counter_dict(c);
+  }
+  return out;
+}
+
+py::list slabs(int device) {
+  py::list out;
+  int n = hybrid_alloc_get_slab(device, -1, nullptr);
+  if (n < 0) throw py::value_error(or_default(last_error(), "hybrid_alloc_get_slab failed for device " + std::to_string(device)));
+  for (int i = 0; i < n; ++i) {
+    hybrid_alloc_slab_info info{};
+    int r = hybrid_alloc_get_slab(device, i, &info);
+    if (r < 0) throw py::value_error(or_default(last_error(), "hybrid_alloc_get_slab failed at index " + std::to_string(i)));
+    if (r <= i) break;  // slabs freed meanwhile
+    py::dict d;
+    d["ptr"] = reinterpret_cast<std::uintptr_t>(info.ptr);
+    d["size"] = info.size;
+    d["carved"] = info.carved;
+    d["offset"] = info.offset;
+    d["name"] = std::string(info.name, strnlen(info.name, sizeof(info.name)));
+    d["tag"] = std::string(info.tag, strnlen(info.tag, sizeof(info.tag)));
+    out.append(d);
   }
   return out;
 }
@@ -238,4 +264,15 @@ PYBIND11_MODULE(_core, m) {
       py::arg("path"), "Write the buffered events as JSON lines; returns the number written.");
   m.def("trace_enable", &hybrid_alloc_trace_enable, py::arg("enabled") = true, py::arg("capacity_events") = 0);
   m.def("trace_clear", &hybrid_alloc_trace_clear);
+  m.def("trace_dropped", &hybrid_alloc_trace_dropped, "Events overwritten since the last clear.");
+
+  m.def("slabs", &slabs, py::arg("device") = 0,
+        "Live slabs of a device in address order: [{ptr, size, carved, offset, name, tag}].");
+
+  // Host backend test hooks (simulated stream progress; no effect on CUDA streams).
+  m.def("host_stream_hold", [](std::uintptr_t s) { return hybrid_alloc_host_stream_hold(as_stream(s)); }, py::arg("stream"));
+  m.def("host_stream_progress", [](std::uintptr_t s) { return hybrid_alloc_host_stream_progress(as_stream(s)); },
+        py::arg("stream"));
+  m.def("host_stream_release", [](std::uintptr_t s) { return hybrid_alloc_host_stream_release(as_stream(s)); },
+        py::arg("stream"));
 }
