@@ -27,6 +27,7 @@ from hybrid_alloc.models.layout import ModelLayout
 from hybrid_alloc.planner.hardware import KERNEL_BLOCK_SIZE, HardwareProfile, attention_backend
 from hybrid_alloc.planner.pipeline import stage_layers
 from hybrid_alloc.planner.settings import Settings
+from hybrid_alloc.planner.stock import VERSIONS
 
 
 def cdiv(a: int, b: int) -> int:
@@ -51,20 +52,20 @@ def natural_block_size(layout: ModelLayout, settings: Settings, hardware: Hardwa
 
 
 def state_blocks_per_request(layout: ModelLayout, settings: Settings, hardware: HardwareProfile) -> int:
-    """State blocks one request may hold in each state group: MambaSpec.max_memory_usage_bytes / page
-    (1 + spec in "none" mode; 2 + spec + prefill checkpoint blocks in "align" mode)."""
+    """State blocks one request may hold in a state group (``MambaSpec.max_memory_usage_bytes`` / page):
+    1 + spec in "none" mode; 2 + spec + prefill checkpoint blocks in "align" mode, where Mamba2 layers
+    always add one and Gated DeltaNet layers add one with FlashInfer's GDN prefill (vLLM 0.33, when every
+    state layer is GDN). The largest over the state layers: one natural slot serves them all."""
     spec = settings.num_speculative_tokens
     if settings.mamba_cache_mode != "align":
         return 1 + spec
-    return 2 + spec + prefill_checkpoint_blocks(layout, hardware)
-
-
-def prefill_checkpoint_blocks(layout: ModelLayout, hardware: HardwareProfile) -> int:
-    """MambaSpec.num_prefill_checkpoint_blocks in align mode: Mamba2 layers always export prefill
-    checkpoints, Gated DeltaNet only with FlashInfer's GDN prefill, the other kinds never (and the
-    scheduler uses them only when every state layer can)."""
-    exports = {"mamba2": True, "gdn": hardware.gdn_prefill_flashinfer}
-    return int(all(exports.get(layer.kind, False) for layer in layout.state_layers))
+    kinds = {layer.kind for layer in layout.state_layers}
+    gdn_checkpoints = (
+        VERSIONS[settings.vllm_version].gdn_prefill_checkpoint_block
+        and hardware.gdn_prefill_flashinfer
+        and kinds == {"gdn"}
+    )
+    return 2 + spec + int("mamba2" in kinds or gdn_checkpoints)
 
 
 @dataclass(frozen=True)
