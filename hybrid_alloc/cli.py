@@ -1,0 +1,139 @@
+"""The `hybrid-alloc` command line. Bad input exits with code 2 and one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+from hybrid_alloc.errors import UserError
+from hybrid_alloc.planner.settings import KV_CACHE_DTYPES, SUPPORTED_VLLM_VERSIONS, Settings
+
+# With no MODEL, the embedded default: Qwen3.5-9B on 3x RTX 3060 12 GiB, PP=3, 32k-token requests
+# (its 262,144-token max_position_embeddings does not fit there, in vLLM as here).
+DEFAULT_MODEL = "qwen3.5-9b"
+DEFAULT_PP = 3
+DEFAULT_MAX_MODEL_LEN = 32768
+HARDWARE_CHOICES = ("rtx3060", "rtx3080", "rtx4090", "a100", "h100", "h200", "cpu")
+
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `12GiB`, `8GB`, `512MiB`, `1.5GiB` or plain bytes."""
+    match = _SIZE.match(text)
+    unit = match and _UNITS.get(match.group(2).lower())
+    if not unit:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: use bytes or a number with B, KB, MB, GB, TB, KiB, MiB, GiB, TiB"
+        )
+    return int(float(match.group(1)) * unit)
+
+
+def _number(kind, minimum, maximum=None):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {bounds}")
+        return value
+
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One line, exit code 2 (argparse's code), no usage block.
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hybrid-alloc", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    trace = commands.add_parser(
+        "trace",
+        help="how stock vLLM and the natural layout would lay out the KV cache, and where every byte goes",
+    )
+    trace.add_argument(
+        "model", nargs="?",
+        help=f"config.json, a model folder or a bundled name (default: {DEFAULT_MODEL} with --pp {DEFAULT_PP} "
+        f"--max-model-len {DEFAULT_MAX_MODEL_LEN})",
+    )
+    trace.add_argument("--hardware", choices=HARDWARE_CHOICES, default="rtx3060")
+    trace.add_argument("--pp", type=_number(int, 1), help=f"pipeline stages (default: 1; {DEFAULT_PP} with no MODEL)")
+    trace.add_argument("--tp", type=_number(int, 1), default=1)
+    trace.add_argument(
+        "--pp-layer-partition", default=os.environ.get("VLLM_PP_LAYER_PARTITION") or None,
+        help="decoder layers per stage, e.g. 10,11,11 (default: $VLLM_PP_LAYER_PARTITION)",
+    )
+    trace.add_argument("--kv-cache-memory", type=parse_size, help="KV cache bytes per GPU (pins the budget)")
+    trace.add_argument("--gpu-memory", type=parse_size, help="GPU memory (default: the hardware's)")
+    trace.add_argument("--gpu-memory-utilization", type=_number(float, 0.01, 1.0), default=0.92)
+    trace.add_argument(
+        "--max-model-len", type=_number(int, 1), help="default: the model's max_position_embeddings, as vLLM's"
+    )
+    trace.add_argument("--max-num-seqs", type=_number(int, 1), help="default: vLLM's for the hardware")
+    trace.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto")
+    trace.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    trace.add_argument("--num-speculative-tokens", type=_number(int, 0), default=0)
+    trace.add_argument("--vllm-version", choices=SUPPORTED_VLLM_VERSIONS, default=SUPPORTED_VLLM_VERSIONS[0])
+    trace.add_argument("--json", action="store_true", help="print the trace as JSON")
+    trace.add_argument("--plot", metavar="FILE.png", help="write stacked bars of where the bytes go")
+    trace.set_defaults(handler=run_trace_command)
+    return parser
+
+
+def trace_settings(args: argparse.Namespace) -> Settings:
+    from hybrid_alloc.planner.hardware import get_hardware
+
+    hardware = get_hardware(args.hardware)
+    return Settings(
+        hardware=args.hardware,
+        vllm_version=args.vllm_version,
+        pp=args.pp or (DEFAULT_PP if args.model is None else 1),
+        tp=args.tp,
+        kv_cache_memory=args.kv_cache_memory,
+        gpu_memory=args.gpu_memory,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=args.max_model_len or (DEFAULT_MAX_MODEL_LEN if args.model is None else None),
+        max_num_seqs=args.max_num_seqs or hardware.default_max_num_seqs,
+        kv_cache_dtype=args.kv_cache_dtype,
+        prefix_caching=args.prefix_caching,
+        num_speculative_tokens=args.num_speculative_tokens,
+        pp_layer_partition=args.pp_layer_partition,
+    )
+
+
+def run_trace_command(args: argparse.Namespace) -> None:
+    from hybrid_alloc.planner.trace import run_trace
+    from hybrid_alloc.report import json_report, render
+
+    trace = run_trace(args.model or DEFAULT_MODEL, trace_settings(args))
+    if args.plot:
+        from hybrid_alloc.report.plot import write_plot
+
+        write_plot(trace, args.plot)
+    if args.json:
+        print(json_report.dumps(trace))
+    else:
+        render.print_trace(trace)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except UserError as error:
+        print(f"hybrid-alloc: error: {error}", file=sys.stderr)
+        return 2
+    return 0

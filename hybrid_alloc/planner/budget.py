@@ -1,0 +1,112 @@
+"""The KV cache budget of each pipeline stage (one GPU each; every TP rank of a stage gets the same).
+
+``--kv-cache-memory`` pins it, as vLLM's ``--kv-cache-memory-bytes`` does. Otherwise it is estimated the
+way ``Worker.determine_available_memory`` measures it:
+
+    budget = ceil(memory x gpu_memory_utilization)          (vLLM's requested_memory)
+             - weights of the stage                         (decoder layers; embeddings on the first
+                                                             stage, final norm + LM head on the last)
+             - non-torch memory                             (NON_TORCH, + NCCL when tp x pp > 1)
+             - peak activations                             (ACTIVATION_FACTOR x max_num_batched_tokens
+                                                             x hidden_size x 2 bytes)
+             - CUDA graphs                                  (CUDA_GRAPHS on CUDA devices)
+
+Every subtracted line is an estimate (vLLM measures them at start-up); the output labels them so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil
+
+from hybrid_alloc.errors import UserError
+from hybrid_alloc.models.layout import ModelLayout
+from hybrid_alloc.planner.hardware import HardwareProfile
+from hybrid_alloc.planner.pipeline import pp_indices
+from hybrid_alloc.planner.settings import Settings
+
+MiB = 1 << 20
+GiB = 1 << 30
+NON_TORCH = 256 * MiB  # cuBLAS / attention workspaces created by the profile run
+NCCL = 512 * MiB  # communicator buffers when the stage talks to other GPUs
+# Peak activations of the profile run in units of one bf16 hidden state per batched token; 18 puts
+# Llama-3.1-8B at 8192 tokens near the ~1.2 GiB vLLM logs for it.
+ACTIVATION_FACTOR = 18
+CUDA_GRAPHS = 512 * MiB  # vLLM's CUDA-graph memory estimate (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1)
+
+
+def default_max_num_batched_tokens(hardware: HardwareProfile) -> int:
+    """``vllm serve``'s default (EngineArgs.get_batch_defaults): 8192 on the >= 70 GiB tier (the one
+    whose max_num_seqs default is 1024), 2048 elsewhere."""
+    return 8192 if hardware.default_max_num_seqs >= 1024 else 2048
+
+
+@dataclass(frozen=True)
+class BudgetLine:
+    label: str
+    bytes: int  # added to the budget (negative: subtracted)
+    estimate: bool
+
+
+@dataclass(frozen=True)
+class StageBudget:
+    stage: int
+    lines: tuple[BudgetLine, ...]
+
+    @property
+    def bytes(self) -> int:
+        return sum(line.bytes for line in self.lines)
+
+    @property
+    def estimated(self) -> bool:
+        return any(line.estimate for line in self.lines)
+
+
+def stage_budgets(layout: ModelLayout, settings: Settings, hardware: HardwareProfile) -> list[StageBudget]:
+    """One budget per pipeline stage. Raises UserError when a stage has nothing left for the cache."""
+    if settings.kv_cache_memory is not None:
+        pinned = BudgetLine("--kv-cache-memory", settings.kv_cache_memory, estimate=False)
+        budgets = [StageBudget(stage, (pinned,)) for stage in range(settings.pp)]
+    else:
+        budgets = [_estimate(layout, settings, hardware, stage) for stage in range(settings.pp)]
+    for budget in budgets:
+        if budget.bytes <= 0:
+            detail = ", ".join(f"{line.label} {line.bytes / GiB:+.2f} GiB" for line in budget.lines)
+            raise UserError(
+                f"no memory left for the KV cache on pipeline stage {budget.stage}: {detail} = "
+                f"{budget.bytes / GiB:.2f} GiB; raise --gpu-memory-utilization, --pp or --tp, "
+                "or pin the budget with --kv-cache-memory"
+            )
+    return budgets
+
+
+def _estimate(layout: ModelLayout, settings: Settings, hardware: HardwareProfile, stage: int) -> StageBudget:
+    memory = settings.gpu_memory or hardware.memory_bytes
+    if memory is None:
+        raise UserError(
+            f"--hardware {hardware.name} has no fixed memory: give --kv-cache-memory (vLLM's "
+            "VLLM_CPU_KVCACHE_SPACE / --kv-cache-memory-bytes) or --gpu-memory (the host memory)"
+        )
+    start, end = pp_indices(layout.num_decoder_layers, stage, settings.pp, settings.pp_layer_partition)
+    weights = sum(layout.weight_bytes_per_decoder_layer[start:end])
+    lines = [
+        BudgetLine("memory" if settings.gpu_memory else f"memory ({hardware.name})", memory, estimate=False),
+        BudgetLine(
+            f"x {settings.gpu_memory_utilization} (gpu_memory_utilization)",
+            ceil(memory * settings.gpu_memory_utilization) - memory,
+            estimate=False,
+        ),
+        BudgetLine("weights: decoder layers", -weights, estimate=True),
+    ]
+    if stage == 0:
+        lines.append(BudgetLine("weights: embeddings", -layout.embedding_weight_bytes, estimate=True))
+    if stage == settings.pp - 1:
+        lines.append(BudgetLine("weights: final norm + LM head", -layout.head_weight_bytes, estimate=True))
+    non_torch = NON_TORCH + (NCCL if settings.tp * settings.pp > 1 else 0)
+    lines.append(BudgetLine("non-torch memory", -non_torch, estimate=True))
+    tokens = default_max_num_batched_tokens(hardware)
+    activations = ACTIVATION_FACTOR * tokens * layout.hidden_size * 2
+    lines.append(BudgetLine(f"activations ({tokens} tokens)", -activations, estimate=True))
+    if hardware.is_cuda:
+        lines.append(BudgetLine("CUDA graphs", -CUDA_GRAPHS, estimate=True))
+    return StageBudget(stage, tuple(lines))

@@ -1,0 +1,108 @@
+"""`hybrid-alloc trace`: budget, stock and natural layouts, physical need and where the bytes go."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hybrid_alloc.errors import UserError
+from hybrid_alloc.models import load_layout
+from hybrid_alloc.models.layout import ModelLayout
+from hybrid_alloc.planner.budget import GiB, StageBudget, stage_budgets
+from hybrid_alloc.planner.hardware import HardwareProfile, get_hardware
+from hybrid_alloc.planner.natural import NaturalPlan, max_model_len, plan_natural
+from hybrid_alloc.planner.partition import PartitionSuggestion, suggest_partition
+from hybrid_alloc.planner.settings import Settings
+from hybrid_alloc.planner.stock import StockPlan, plan_stock
+from hybrid_alloc.planner.usage import (
+    ByteSplit,
+    PhysicalStage,
+    natural_split,
+    physical_capacity,
+    physical_split,
+    physical_stages,
+    stock_capacity,
+    stock_split,
+)
+
+SHORT_LENGTHS = (512, 4096)  # reported besides max_model_len
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Requests of ``num_tokens`` tokens held at once (capped by max_num_seqs), and the bytes of each
+    stage's budget with that many requests."""
+
+    num_tokens: int
+    stock: int | None  # None: vLLM refuses to start
+    natural: int
+    physical: int
+    stock_split: tuple[ByteSplit, ...] | None
+    natural_split: tuple[ByteSplit, ...]
+    physical_split: tuple[ByteSplit, ...]
+
+
+@dataclass(frozen=True)
+class Trace:
+    layout: ModelLayout
+    settings: Settings
+    hardware: HardwareProfile
+    max_model_len: int
+    budgets: tuple[StageBudget, ...]
+    stock: StockPlan
+    natural: NaturalPlan
+    physical: tuple[PhysicalStage, ...]
+    capacities: tuple[Capacity, ...]  # SHORT_LENGTHS, then max_model_len
+    partition: PartitionSuggestion | None
+
+
+def run_trace(model: str, settings: Settings) -> Trace:
+    hardware = get_hardware(settings.hardware)
+    layout = load_layout(model, tp=settings.tp, num_speculative_tokens=settings.num_speculative_tokens)
+    budgets = stage_budgets(layout, settings, hardware)
+    budget_bytes = [budget.bytes for budget in budgets]
+    stock = plan_stock(layout, settings, budget_bytes)
+    natural = plan_natural(layout, settings, budget_bytes, hardware)
+    physical = physical_stages(layout, settings, budget_bytes)
+    length = max_model_len(layout, settings)
+    if natural.fit(length) == 0:
+        need = max(stage.need(length) for stage in physical)
+        raise UserError(
+            f"{layout.name}: not even one request of max_model_len={length} tokens fits: it needs "
+            f"{need / GiB:.2f} GiB of KV cache on a stage, the budget is "
+            f"{min(budget_bytes) / GiB:.2f} GiB; lower --max-model-len or give more memory"
+        )
+    capacities = tuple(
+        _capacity(layout, settings, stock, natural, physical, budget_bytes, n)
+        for n in (*(n for n in SHORT_LENGTHS if n < length), length)
+    )
+    return Trace(
+        layout=layout,
+        settings=settings,
+        hardware=hardware,
+        max_model_len=length,
+        budgets=tuple(budgets),
+        stock=stock,
+        natural=natural,
+        physical=tuple(physical),
+        capacities=capacities,
+        partition=suggest_partition(layout, settings, hardware),
+    )
+
+
+def _capacity(layout, settings, stock, natural, physical, budgets, num_tokens) -> Capacity:
+    seqs = settings.max_num_seqs
+    natural_n = natural.capacity(num_tokens)
+    physical_n = physical_capacity(physical, num_tokens, seqs)
+    stock_n = None if stock.error else stock_capacity(stock, num_tokens, seqs)
+    return Capacity(
+        num_tokens=num_tokens,
+        stock=stock_n,
+        natural=natural_n,
+        physical=physical_n,
+        stock_split=None if stock_n is None else tuple(
+            stock_split(layout, settings, stage, budget, stock_n, num_tokens)
+            for stage, budget in zip(stock.stages, budgets)
+        ),
+        natural_split=tuple(natural_split(natural, s, natural_n, num_tokens) for s in range(len(budgets))),
+        physical_split=tuple(physical_split(stage, physical_n, num_tokens) for stage in physical),
+    )

@@ -1,0 +1,1 @@
+"""Presenting a trace: rich tables (render), JSON (json_report), a matplotlib plot (plot)."""

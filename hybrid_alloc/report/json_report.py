@@ -1,0 +1,127 @@
+"""The trace as JSON. Contract (issue 2, section 7; names stable, additions free):
+{"model", "vllm_version", "hardware", "settings": {...},
+ "stages": [{"stage", "layers": {"attention", "state"}, "kv_cache_memory_bytes",
+             "stock": {"block_size", "mamba_page_size_padded", "num_groups", "bytes_per_block", "num_blocks"},
+             "natural": {"attention_block_size", "num_attention_blocks", "state_slot_blocks",
+                         "state_layers_per_tensor", "bytes"}}],
+ "stock": {"num_blocks", "kv_cache_size_tokens", "max_concurrency"}  (or {"error": vLLM's reason}),
+ "natural": {"kv_cache_size_tokens", "max_concurrency"}}
+"kv_cache_memory_bytes" is the stage's KV cache budget (vLLM's available memory for the cache).
+"kv_cache_size_tokens" / "max_concurrency" follow vLLM's definitions: concurrency = num_blocks / the
+blocks one max_model_len request may hold (no max_num_seqs cap), tokens = concurrency x max_model_len.
+"capacity" lists requests held at once (capped by max_num_seqs) at 512, 4096 and max_model_len tokens;
+"bytes" splits each stage's budget at those lengths (see hybrid_alloc.planner.usage).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from hybrid_alloc.planner.pipeline import pp_indices
+from hybrid_alloc.planner.trace import Trace
+
+
+def to_dict(trace: Trace) -> dict:
+    settings = trace.settings
+    stock, natural = trace.stock, trace.natural
+    return {
+        "model": trace.layout.name,
+        "source": trace.layout.source,
+        "vllm_version": settings.vllm_version,
+        "hardware": settings.hardware,
+        "settings": {
+            **asdict(settings),
+            "max_model_len": trace.max_model_len,
+            "mamba_cache_mode": settings.mamba_cache_mode,
+        },
+        "stages": [_stage(trace, index) for index in range(settings.pp)],
+        "stock": {"error": stock.error} if stock.error else {
+            "num_blocks": stock.num_blocks,
+            "kv_cache_size_tokens": stock.kv_cache_size_tokens,
+            "max_concurrency": stock.max_concurrency,
+            "block_size": stock.block_size,
+            "blocks_per_request": stock.blocks_per_request,
+        },
+        "natural": {
+            "kv_cache_size_tokens": natural.kv_cache_size_tokens,
+            "max_concurrency": natural.max_concurrency,
+            "num_blocks": natural.num_blocks,
+            "attention_block_size": natural.attention_block_size,
+            "state_slot_blocks": natural.state_slot_blocks,
+            "state_slots_per_request": natural.state_slots_per_request,
+            "blocks_per_request": natural.blocks_per_request(trace.max_model_len),
+            "notes": list(natural.notes),
+        },
+        "capacity": [
+            {"num_tokens": c.num_tokens, "stock": c.stock, "natural": c.natural, "physical": c.physical}
+            for c in trace.capacities
+        ],
+        "pipeline": {
+            "bottleneck_stage": {
+                "stock": min(stock.stages, key=lambda s: s.num_blocks_alone).stage,
+                "natural": natural.bottleneck_stage,
+            },
+            "suggestion": trace.partition and {
+                "env": trace.partition.env,
+                "partition": list(trace.partition.partition),
+                "current": list(trace.partition.current),
+                "stock_max_concurrency": trace.partition.max_concurrency,
+                "current_stock_max_concurrency": trace.partition.current_max_concurrency,
+                "gain": trace.partition.gain,
+            },
+        },
+    }
+
+
+def _stage(trace: Trace, index: int) -> dict:
+    settings = trace.settings
+    stock, natural = trace.stock.stages[index], trace.natural.stages[index]
+    budget = trace.budgets[index]
+    start, end = pp_indices(trace.layout.num_decoder_layers, index, settings.pp, settings.pp_layer_partition)
+    return {
+        "stage": index,
+        "decoder_layers": [start, end],
+        "layers": {"attention": natural.num_attention_layers, "state": natural.num_state_layers},
+        "kv_cache_memory_bytes": budget.bytes,
+        "budget": [
+            {"label": line.label, "bytes": line.bytes, "estimate": line.estimate} for line in budget.lines
+        ],
+        "stock": {
+            "block_size": stock.block_size,
+            "mamba_page_size_padded": stock.mamba_page_size_padded,
+            "num_groups": stock.num_groups,
+            "bytes_per_block": stock.bytes_per_block,
+            "num_blocks": stock.num_blocks,
+            "attention_page_bytes": stock.attention_page_bytes,
+            "state_page_bytes": stock.state_page_bytes,
+            "bytes": stock.kv_cache_memory_bytes,
+            "groups": [
+                {"kind": g.kind, "layers": len(g.layer_names), "padding_layers": g.num_padding_layers}
+                for g in stock.groups
+            ],
+        },
+        "natural": {
+            "attention_block_size": trace.natural.attention_block_size,
+            "num_attention_blocks": natural.num_blocks,
+            "state_slot_blocks": natural.state_slot_blocks,
+            "state_layers_per_tensor": natural.state_layers_per_tensor,
+            "bytes": natural.bytes,
+            "attention_page_bytes": natural.attention_page_bytes,
+            "state_page_bytes": natural.state_page_bytes,
+            "unused_state_pages_per_slot": natural.unused_state_pages_per_slot,
+            "slot_rounding_bytes": natural.slot_rounding_bytes,
+        },
+        "bytes": {
+            str(c.num_tokens): {
+                "stock": c.stock_split[index].as_dict() if c.stock_split else None,
+                "natural": c.natural_split[index].as_dict(),
+                "physical": c.physical_split[index].as_dict(),
+            }
+            for c in trace.capacities
+        },
+    }
+
+
+def dumps(trace: Trace) -> str:
+    return json.dumps(to_dict(trace), indent=2)

@@ -1,0 +1,194 @@
+"""The trace as rich tables: budget, one table per stage (stock vs natural), capacity, pipeline."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console
+from rich.table import Table
+
+from hybrid_alloc.planner.pipeline import pp_indices
+from hybrid_alloc.planner.trace import Trace
+from hybrid_alloc.planner.usage import CATEGORIES
+from hybrid_alloc.report.units import fmt_bytes, fmt_share
+
+
+def print_trace(trace: Trace, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(_header(trace))
+    console.print(_budget_table(trace))
+    for index in range(trace.settings.pp):
+        console.print(_stage_table(trace, index))
+    console.print(_capacity_table(trace))
+    for line in _footer(trace):
+        console.print(line)
+
+
+def _header(trace: Trace) -> str:
+    s, layout = trace.settings, trace.layout
+    kinds = Counter(layer.kind for layer in layout.layers)
+    layers = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+    dtype = layout.dtype if s.kv_cache_dtype == "auto" else s.kv_cache_dtype
+    gpus = s.pp * s.tp
+    return (
+        f"[bold]{layout.name}[/bold] ({layers}) on {gpus}x {trace.hardware.description}, "
+        f"PP={s.pp} TP={s.tp}, vLLM {s.vllm_version}\n"
+        f"max_model_len {trace.max_model_len:,}, max_num_seqs {s.max_num_seqs}, KV cache {dtype}, "
+        f"prefix caching {'on' if s.prefix_caching else 'off'} (mamba_cache_mode {s.mamba_cache_mode})"
+        + (f", {s.num_speculative_tokens} speculative tokens" if s.num_speculative_tokens else "")
+    )
+
+
+def _budget_table(trace: Trace) -> Table:
+    table = Table(title="KV cache budget per GPU", title_justify="left")
+    table.add_column("")
+    for budget in trace.budgets:
+        table.add_column(f"stage {budget.stage}", justify="right")
+    table.add_column("")
+    # Lines differ per stage (embeddings, LM head): one row per label, in first-seen order.
+    labels = list(dict.fromkeys(line.label for budget in trace.budgets for line in budget.lines))
+    for label in labels:
+        cells, estimate = [], False
+        for budget in trace.budgets:
+            line = next((line for line in budget.lines if line.label == label), None)
+            cells.append(fmt_bytes(line.bytes) if line else "")
+            estimate |= bool(line and line.estimate)
+        table.add_row(label, *cells, "[yellow]estimate[/yellow]" if estimate else "")
+    estimated = any(budget.estimated for budget in trace.budgets)
+    table.add_row(
+        "[bold]KV cache budget[/bold]",
+        *(f"[bold]{fmt_bytes(budget.bytes)}[/bold]" for budget in trace.budgets),
+        "[yellow]estimate[/yellow]" if estimated else "",
+    )
+    return table
+
+
+def _stage_table(trace: Trace, index: int) -> Table:
+    s = trace.settings
+    stock, natural = trace.stock.stages[index], trace.natural.stages[index]
+    start, end = pp_indices(trace.layout.num_decoder_layers, index, s.pp, s.pp_layer_partition)
+    kinds = Counter(
+        layer.kind for layer in trace.layout.layers if start <= layer.decoder_layer < end
+    )
+    layers = ", ".join(f"{n} {kind}" for kind, n in kinds.items()) or "no cache layers"
+    table = Table(
+        title=f"Stage {index}: decoder layers {start}-{end - 1} ({layers}), "
+        f"budget {fmt_bytes(trace.budgets[index].bytes)}",
+        title_justify="left",
+    )
+    table.add_column("")
+    table.add_column("stock vLLM", justify="right")
+    table.add_column("natural", justify="right")
+    table.add_column("physical need", justify="right")
+
+    block = trace.natural.attention_block_size
+    table.add_row("attention block", f"{stock.block_size} tokens", f"{block} tokens" if block else "-", "1 token")
+    table.add_row("attention page", _b(stock.attention_page_bytes), _b(natural.attention_page_bytes), "-")
+    padded = stock.mamba_page_size_padded
+    stock_state = _b(stock.state_page_bytes)
+    if padded and stock.state_page_bytes:
+        stock_state += f" -> {fmt_bytes(padded)} (+{fmt_share(padded - stock.state_page_bytes, stock.state_page_bytes)})"
+    table.add_row("state page", stock_state, _b(natural.state_page_bytes), _b(natural.state_page_bytes))
+    if natural.num_state_layers and natural.num_attention_layers:
+        unused = natural.unused_state_pages_per_slot
+        table.add_row(
+            "state slot",
+            _stock_state_blocks(stock),
+            f"{natural.state_slot_blocks} blocks, r={natural.state_layers_per_tensor}"
+            + (f", {unused} unused" if unused else ""),
+            "-",
+        )
+    table.add_row("bytes per block", _b(stock.bytes_per_block), _b(natural.bytes_per_block), "-")
+    table.add_row("blocks", f"{stock.num_blocks:,}", f"{natural.num_blocks:,}", "-")
+    table.add_row(
+        "  stage alone", f"{stock.num_blocks_alone:,}", f"{natural.max_blocks:,}", "-"
+    )
+    table.add_row("allocated", _b(stock.kv_cache_memory_bytes), _b(natural.bytes), "-")
+
+    longest = trace.capacities[-1]
+    table.add_section()
+    table.add_row(f"[bold]{longest.num_tokens:,}-token reqs[/bold]", "", "", "")
+    splits = (longest.stock_split, longest.natural_split, longest.physical_split)
+    budget = trace.budgets[index].bytes
+    table.add_row("requests", *(str(sp[index].requests) if sp else "refused" for sp in splits))
+    for category in CATEGORIES:
+        table.add_row(
+            f"  {category}",
+            *(_split_cell(getattr(sp[index], category), budget) if sp else "-" for sp in splits),
+        )
+    return table
+
+
+def _capacity_table(trace: Trace) -> Table:
+    s = trace.settings
+    stock, natural = trace.stock, trace.natural
+    table = Table(
+        title=f"Requests held at once (at most max_num_seqs={s.max_num_seqs}); vLLM's log lines "
+        f"for max_model_len {trace.max_model_len:,}",
+        title_justify="left",
+    )
+    for name in ("tokens", "stock vLLM", "natural", "physical", "stock/phys", "natural/phys"):
+        table.add_column(name, justify="right")
+    for c in trace.capacities:
+        label = f"{c.num_tokens:,}"
+        table.add_row(
+            label,
+            "refused" if c.stock is None else f"{c.stock:,}",
+            f"{c.natural:,}",
+            f"{c.physical:,}",
+            "-" if c.stock is None else f"{c.stock / c.physical:.2f}",
+            f"{c.natural / c.physical:.2f}",
+        )
+    table.add_section()
+    table.add_row(
+        "KV tokens",
+        "refused" if stock.error else f"{stock.kv_cache_size_tokens:,}",
+        f"{natural.kv_cache_size_tokens:,}",
+        "", "", "",
+    )
+    table.add_row(
+        "concurrency",
+        "refused" if stock.error else f"{stock.max_concurrency:.2f}x",
+        f"{natural.max_concurrency:.2f}x",
+        "", "", "",
+    )
+    return table
+
+
+def _footer(trace: Trace) -> list[str]:
+    lines = []
+    if trace.stock.error:
+        lines.append(f"[red]stock vLLM refuses to start:[/red] {trace.stock.error}")
+    natural = trace.natural
+    if natural.state_slots_per_request:
+        lines.append(
+            f"A request holds {natural.state_slots_per_request} state block(s) per state group "
+            f"(vLLM's MambaSpec, mamba_cache_mode {trace.settings.mamba_cache_mode}); natural: "
+            f"{natural.state_slots_per_request} slot(s) of {natural.state_slot_blocks} blocks."
+        )
+    if trace.settings.pp > 1:
+        stock_neck = min(trace.stock.stages, key=lambda st: st.num_blocks_alone).stage
+        lines.append(f"Bottleneck stage: {stock_neck} (stock), {natural.bottleneck_stage} (natural).")
+        if trace.partition:
+            p = trace.partition
+            lines.append(
+                f"Suggestion: {p.env} (now {','.join(map(str, p.current))}): stock max concurrency "
+                f"{p.current_max_concurrency:.2f}x -> {p.max_concurrency:.2f}x ({100 * p.gain:+.1f}%)"
+            )
+        else:
+            lines.append("No other layer partition gives stock vLLM more capacity.")
+    lines += [f"Note: {note}" for note in (*trace.stock.notes, *natural.notes, *trace.layout.notes)]
+    return lines
+
+
+def _stock_state_blocks(stage) -> str:
+    counts = Counter(group.blocks_per_request for group in stage.groups if group.kind != "attention")
+    return ", ".join(f"{blocks} blocks x {n} groups" for blocks, n in counts.items())
+
+
+def _b(n: int) -> str:
+    return fmt_bytes(n) if n else "-"
+
+
+def _split_cell(part: int, budget: int) -> str:
+    return f"{fmt_bytes(part)} ({fmt_share(part, budget)})"
