@@ -10,7 +10,7 @@ from hybrid_alloc.models.layout import ModelLayout
 from hybrid_alloc.planner.budget import GiB, StageBudget, stage_budgets
 from hybrid_alloc.planner.hardware import HardwareProfile, get_hardware
 from hybrid_alloc.planner.natural import NaturalPlan, max_model_len, plan_natural
-from hybrid_alloc.planner.partition import PartitionSuggestion, suggest_partition
+from hybrid_alloc.planner.partition import PartitionSuggestion, suggest_partitions
 from hybrid_alloc.planner.settings import Settings
 from hybrid_alloc.planner.stock import StockPlan, plan_stock
 from hybrid_alloc.planner.usage import (
@@ -52,7 +52,7 @@ class Trace:
     natural: NaturalPlan
     physical: tuple[PhysicalStage, ...]
     capacities: tuple[Capacity, ...]  # SHORT_LENGTHS, then max_model_len
-    partition: PartitionSuggestion | None
+    partitions: tuple[PartitionSuggestion, ...]  # better VLLM_PP_LAYER_PARTITIONs, per layout
 
 
 def run_trace(model: str, settings: Settings) -> Trace:
@@ -85,7 +85,7 @@ def run_trace(model: str, settings: Settings) -> Trace:
         natural=natural,
         physical=tuple(physical),
         capacities=capacities,
-        partition=suggest_partition(layout, settings, hardware),
+        partitions=suggest_partitions(layout, settings, hardware),
     )
 
 

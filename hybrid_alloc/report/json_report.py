@@ -62,14 +62,18 @@ def to_dict(trace: Trace) -> dict:
                 "stock": min(stock.stages, key=lambda s: s.num_blocks_alone).stage,
                 "natural": natural.bottleneck_stage,
             },
-            "suggestion": trace.partition and {
-                "env": trace.partition.env,
-                "partition": list(trace.partition.partition),
-                "current": list(trace.partition.current),
-                "stock_max_concurrency": trace.partition.max_concurrency,
-                "current_stock_max_concurrency": trace.partition.current_max_concurrency,
-                "gain": trace.partition.gain,
-            },
+            "suggestions": [
+                {
+                    "layout": p.layout,
+                    "env": p.env,
+                    "partition": list(p.partition),
+                    "current": list(p.current),
+                    "max_concurrency": p.max_concurrency,
+                    "current_max_concurrency": p.current_max_concurrency,
+                    "gain": p.gain,
+                }
+                for p in trace.partitions
+            ],
         },
     }
 

@@ -94,7 +94,8 @@ def _stage_table(trace: Trace, index: int) -> Table:
         table.add_row(
             "state slot",
             _stock_state_blocks(stock),
-            f"{natural.state_slot_blocks} blocks, r={natural.state_layers_per_tensor}"
+            f"{trace.natural.state_slots_per_request} x {natural.state_slot_blocks} blocks, "
+            f"r={natural.state_layers_per_tensor}"
             + (f", {unused} unused" if unused else ""),
             "-",
         )
@@ -169,14 +170,13 @@ def _footer(trace: Trace) -> list[str]:
     if trace.settings.pp > 1:
         stock_neck = min(trace.stock.stages, key=lambda st: st.num_blocks_alone).stage
         lines.append(f"Bottleneck stage: {stock_neck} (stock), {natural.bottleneck_stage} (natural).")
-        if trace.partition:
-            p = trace.partition
+        for p in trace.partitions:
             lines.append(
-                f"Suggestion: {p.env} (now {','.join(map(str, p.current))}): stock max concurrency "
+                f"Suggestion ({p.layout}): {p.env} (now {','.join(map(str, p.current))}): max concurrency "
                 f"{p.current_max_concurrency:.2f}x -> {p.max_concurrency:.2f}x ({100 * p.gain:+.1f}%)"
             )
-        else:
-            lines.append("No other layer partition gives stock vLLM more capacity.")
+        if not trace.partitions:
+            lines.append("No other layer partition gives more capacity.")
     lines += [f"Note: {note}" for note in (*trace.stock.notes, *natural.notes, *trace.layout.notes)]
     return lines
 
