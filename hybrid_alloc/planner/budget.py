@@ -7,8 +7,8 @@ way ``Worker.determine_available_memory`` measures it:
              - weights of the stage                         (decoder layers; embeddings on the first
                                                              stage, final norm + LM head on the last)
              - non-torch memory                             (NON_TORCH, + NCCL when tp x pp > 1)
-             - peak activations                             (ACTIVATION_FACTOR x max_num_batched_tokens
-                                                             x hidden_size x 2 bytes)
+             - peak activations                             (ACTIVATION_BYTES_PER_TOKEN x
+                                                             max_num_batched_tokens)
              - CUDA graphs                                  (CUDA_GRAPHS on CUDA devices)
 
 Every subtracted line is an estimate (vLLM measures them at start-up); the output labels them so.
@@ -29,9 +29,9 @@ MiB = 1 << 20
 GiB = 1 << 30
 NON_TORCH = 256 * MiB  # cuBLAS / attention workspaces created by the profile run
 NCCL = 512 * MiB  # communicator buffers when the stage talks to other GPUs
-# Peak activations of the profile run in units of one bf16 hidden state per batched token; 18 puts
-# Llama-3.1-8B at 8192 tokens near the ~1.2 GiB vLLM logs for it.
-ACTIVATION_FACTOR = 18
+# Peak activations of the profile run per batched token: ~1.2 GiB at 8192 tokens, what vLLM logs for
+# Llama-3.1-8B (hidden size 4096). The layout has no hidden size, so smaller models are overestimated.
+ACTIVATION_BYTES_PER_TOKEN = 144 * 1024
 CUDA_GRAPHS = 512 * MiB  # vLLM's CUDA-graph memory estimate (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1)
 
 
@@ -105,7 +105,7 @@ def _estimate(layout: ModelLayout, settings: Settings, hardware: HardwareProfile
     non_torch = NON_TORCH + (NCCL if settings.tp * settings.pp > 1 else 0)
     lines.append(BudgetLine("non-torch memory", -non_torch, estimate=True))
     tokens = default_max_num_batched_tokens(hardware)
-    activations = ACTIVATION_FACTOR * tokens * layout.hidden_size * 2
+    activations = ACTIVATION_BYTES_PER_TOKEN * tokens
     lines.append(BudgetLine(f"activations ({tokens} tokens)", -activations, estimate=True))
     if hardware.is_cuda:
         lines.append(BudgetLine("CUDA graphs", -CUDA_GRAPHS, estimate=True))
