@@ -16,6 +16,7 @@ def hand_layout(
     dtype: str = "bfloat16",
     max_len: int = 32768,
     layer_weights: int = 0,
+    num_speculative_tokens: int = 0,
 ) -> ModelLayout:
     """One decoder layer per character: "A" attention, "S" state, "B" both (Falcon-H1), "-" neither."""
     state = (StateTensor("conv", conv, dtype), StateTensor("temporal", temporal, "float32"))
@@ -35,4 +36,5 @@ def hand_layout(
         max_position_embeddings=max_len,
         layers=tuple(layers),
         weight_bytes_per_decoder_layer=(layer_weights,) * len(pattern),
+        num_speculative_tokens=num_speculative_tokens,
     )
