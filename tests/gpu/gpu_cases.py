@@ -1,0 +1,222 @@
+"""GPU cases of the allocator, each run in a FRESH process: `python tests/gpu/gpu_cases.py CASE`.
+
+A fresh process per case because the allocator state (and PyTorch's choice of allocator) is per process
+and global mode must be installed before CUDA is initialised. Exit codes: 0 = passed (prints "OK CASE"),
+1 = failed (traceback), 3 = PyTorch itself does not support the path (prints "UNSUPPORTED: why").
+The pytest wrappers are in test_gpu_allocator.py; tools/gpu_check.sh runs them on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import time
+
+os.environ.setdefault("HYBRID_ALLOC_BACKEND", "cuda")
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def _ha():
+    from hybrid_alloc import allocator as ha
+
+    assert ha.backend_name() == "cuda", f"backend is {ha.backend_name()!r}: {ha.last_error()}"
+    return ha
+
+
+def _in_slab(ha, ptr: int) -> bool:
+    return any(s["ptr"] <= ptr < s["ptr"] + s["size"] for s in ha.slabs())
+
+
+def _unsupported(msg: str) -> None:
+    print(f"UNSUPPORTED: {msg}")
+    sys.exit(3)
+
+
+def case_mempool() -> None:
+    """MemPool mode: the KV cache (tag kv_cache) lands in an arena slab; other tensors stay native."""
+    import torch
+
+    ha = _ha()
+    outside = torch.empty(4 * MiB, dtype=torch.uint8, device="cuda")
+    before = ha.stats()
+    with ha.use("kv_cache") as pool:
+        kv = torch.zeros(256 * MiB, dtype=torch.uint8, device="cuda")
+    assert ha.current_tag() == "other"
+    kv.fill_(3)
+    torch.cuda.synchronize()
+    assert int(kv.sum().item()) == 3 * 256 * MiB
+    s = ha.stats()
+    assert s["arena"]["current"] - before["arena"]["current"] >= 256 * MiB, s
+    assert ha.tag_stats()["kv_cache"]["current"] >= 256 * MiB
+    assert _in_slab(ha, kv.data_ptr()), "kv cache is not inside an arena slab"
+    assert not _in_slab(ha, outside.data_ptr()), "a tensor outside use() went to the arena"
+    torch.cuda.memory_stats()  # PyTorch's own statistics still work in this mode
+    assert torch.cuda.memory_allocated() >= 256 * MiB
+    print("pool id", pool.id, "arena current", s["arena"]["current"])
+    del kv
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    ha.empty_cache()
+    print("after del + empty_cache: arena current", ha.stats()["arena"]["current"])
+
+
+def case_global() -> None:
+    """Global mode in a fresh process: every CUDA tensor through the caching path, all hooks live."""
+    import torch
+
+    from hybrid_alloc import allocator as ha
+
+    ha.install()
+    assert ha.live_hooks() == ha.ALL_HOOKS, ha.live_hooks()
+    assert ha.backend_name() == "cuda"
+    x = torch.randn(1 << 20, device="cuda")
+    y = x * 2 + 1
+    torch.cuda.synchronize()
+    assert torch.allclose((y - 1) / 2, x)
+    s = ha.stats()
+    assert s["caching"]["current"] >= 8 * MiB, s
+    with ha.tag("weights"):
+        w = torch.empty(3 * MiB, dtype=torch.uint8, device="cuda")
+    assert ha.tag_stats()["weights"]["current"] == 3 * MiB
+    segs = ha.stats()["num_segments"]
+    del x, y, w
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()  # -> reset hook -> hybrid_alloc_empty_cache
+    after = ha.stats()
+    assert after["num_segments"] < segs, (segs, after)
+    # install() after CUDA init refuses (here: already installed, so it is idempotent)
+    assert ha.install() is ha.pluggable()
+
+
+def case_install_refused() -> None:
+    import torch
+
+    from hybrid_alloc import allocator as ha
+
+    torch.zeros(1, device="cuda")
+    try:
+        ha.install()
+    except ha.AllocatorError as e:
+        assert "before CUDA is initialised" in str(e), e
+        return
+    raise AssertionError("install() after CUDA init did not refuse")
+
+
+def case_record_stream() -> None:
+    """Global mode: a block used on a busy side stream is not handed out again before that work ends."""
+    import torch
+
+    from hybrid_alloc import allocator as ha
+
+    ha.install()
+    side = torch.cuda.Stream()
+    x = torch.empty(16 * MiB, dtype=torch.uint8, device="cuda")
+    torch.cuda.synchronize()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(200_000_000)  # keep the side stream busy (~0.1-0.2 s)
+        x.add_(1)
+    x.record_stream(side)
+    ptr = x.data_ptr()
+    del x
+    gc.collect()
+    pending = ha.stats()["pending_free_bytes"]
+    z = torch.empty(16 * MiB, dtype=torch.uint8, device="cuda")
+    reused_early = z.data_ptr() == ptr
+    side.synchronize()
+    assert pending >= 16 * MiB, pending
+    assert not reused_early, "block reused while the side stream still used it"
+    del z
+    gc.collect()
+    torch.cuda.synchronize()
+    w = torch.empty(16 * MiB, dtype=torch.uint8, device="cuda")
+    print("reused after the event:", w.data_ptr() == ptr)
+
+
+def case_graph() -> None:
+    """Global mode: CUDA graph capture allocates into a private pool that is not recycled until release."""
+    import torch
+
+    from hybrid_alloc import allocator as ha
+
+    ha.install()
+    static_in = torch.randn(1 << 20, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            _ = static_in * 2 + 1
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(g):
+            tmp = static_in * 2
+            out = tmp + 1
+    except RuntimeError as e:
+        if "does not yet support" in str(e):
+            _unsupported(str(e).splitlines()[0])
+        raise
+    assert ha.tag_stats().get("cudagraph", {}).get("current", 0) >= 8 * MiB, ha.tag_stats()
+    graph_ptrs = {tmp.data_ptr(), out.data_ptr()}
+    del tmp
+    gc.collect()
+    fresh = [torch.empty(1 << 20, device="cuda") for _ in range(4)]
+    assert not graph_ptrs & {t.data_ptr() for t in fresh}, "graph pool memory recycled outside the graph"
+    static_in.fill_(1.0)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.all(out == 3.0)
+    live = ha.tag_stats()["cudagraph"]["current"]
+    del g, out, fresh
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    print("cudagraph bytes live before/after release:", live, ha.tag_stats()["cudagraph"]["current"])
+
+
+def _used_bytes() -> tuple[int, str]:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0))
+        return int(pynvml.nvmlDeviceGetMemoryInfo(h).used), "nvml"
+    except Exception:  # noqa: BLE001 - no NVML: the driver's own count
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        return total - free, "cuMemGetInfo"
+
+
+def case_nvml_slab() -> None:
+    """NVML (or cuMemGetInfo) sees a 1 GiB slab mapped, and its release."""
+    import torch
+
+    ha = _ha()
+    torch.cuda.init()
+    u0, src = _used_bytes()
+    p = ha.slab_alloc(GiB, "nvml_probe", "kv_cache")
+    time.sleep(0.2)
+    u1, _ = _used_bytes()
+    ha.slab_free(p)
+    ha.empty_cache()
+    time.sleep(0.2)
+    u2, _ = _used_bytes()
+    print(f"{src}: used {u0 / MiB:.0f} -> {u1 / MiB:.0f} (slab) -> {u2 / MiB:.0f} MiB (freed)")
+    assert u1 - u0 >= GiB - 8 * MiB, (u0, u1)
+    assert u1 - u2 >= GiB - 8 * MiB, (u1, u2)
+
+
+CASES = {n[len("case_"):]: f for n, f in globals().items() if n.startswith("case_")}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in CASES:
+        sys.exit(f"usage: gpu_cases.py {{{'|'.join(CASES)}}}")
+    CASES[sys.argv[1]]()
+    print(f"OK {sys.argv[1]}")

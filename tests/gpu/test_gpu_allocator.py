@@ -1,0 +1,29 @@
+"""The allocator on a real GPU under PyTorch (each case in a fresh process: see gpu_cases.py)."""
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+
+def test_mempool_mode_kv_cache_in_arena(run_case):
+    print(run_case("mempool"))
+
+
+def test_global_mode_fresh_process(run_case):
+    print(run_case("global"))
+
+
+def test_install_refused_after_cuda_init(run_case):
+    run_case("install_refused")
+
+
+def test_record_stream_defers_reuse(run_case):
+    print(run_case("record_stream"))
+
+
+def test_cuda_graph_capture_private_pool(run_case):
+    print(run_case("graph", timeout=600))
+
+
+def test_driver_sees_1gib_slab(run_case):
+    print(run_case("nvml_slab"))
