@@ -56,8 +56,12 @@ class Trace:
 
 
 def run_trace(model: str, settings: Settings) -> Trace:
-    hardware = get_hardware(settings.hardware)
     layout = load_layout(model, tp=settings.tp, num_speculative_tokens=settings.num_speculative_tokens)
+    return trace_layout(layout, settings)
+
+
+def trace_layout(layout: ModelLayout, settings: Settings) -> Trace:
+    hardware = get_hardware(settings.hardware)
     budgets = stage_budgets(layout, settings, hardware)
     budget_bytes = [budget.bytes for budget in budgets]
     stock = plan_stock(layout, settings, budget_bytes)

@@ -24,27 +24,24 @@ def write_plot(trace: Trace, path: str) -> None:
     )
     for ax, capacity in zip(axes[0], trace.capacities):
         splits = dict(zip(LAYOUTS, (capacity.stock_split, capacity.natural_split, capacity.physical_split)))
-        labels, bottoms, x = [], [], 0
-        for stage in range(trace.settings.pp):
-            for layout in LAYOUTS:
-                split = splits[layout]
-                labels.append(f"{layout}\nstage {stage}" if trace.settings.pp > 1 else layout)
-                bottom = 0.0
-                for category in CATEGORIES:
-                    value = getattr(split[stage], category) / gib if split else 0.0
-                    ax.bar(x, value, bottom=bottom, color=COLORS[category],
-                           label=category if x == 0 else None)
-                    bottom += value
-                bottoms.append(bottom)
-                x += 1
-        ax.set_xticks(range(x), labels, fontsize=7)
+        bars = [(stage, layout) for stage in range(trace.settings.pp) for layout in LAYOUTS]
+        bottoms = [0.0] * len(bars)
+        for category in CATEGORIES:
+            heights = [
+                getattr(splits[layout][stage], category) / gib if splits[layout] else 0.0 for stage, layout in bars
+            ]
+            ax.bar(range(len(bars)), heights, bottom=bottoms, color=COLORS[category], label=category)
+            bottoms = [b + h for b, h in zip(bottoms, heights)]
+        labels = [f"{layout}\nstage {stage}" if trace.settings.pp > 1 else layout for stage, layout in bars]
+        ax.set_xticks(range(len(bars)), labels, fontsize=7)
         ax.set_title(f"{capacity.num_tokens:,}-token requests\nstock {capacity.stock or 'refused'}, "
                      f"natural {capacity.natural}, physical {capacity.physical}", fontsize=9)
     axes[0][0].set_ylabel("GiB of the stage's KV cache budget")
-    axes[0][0].legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(CATEGORIES), fontsize=8)
     fig.suptitle(f"{trace.layout.name}: where the KV cache bytes go ({trace.settings.hardware}, "
                  f"PP={trace.settings.pp})", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     try:
         fig.savefig(path, dpi=120)
     except OSError as error:
