@@ -69,11 +69,11 @@ def trace_layout(layout: ModelLayout, settings: Settings) -> Trace:
     physical = physical_stages(layout, settings, budget_bytes)
     length = max_model_len(layout, settings)
     if natural.fit(length) == 0:
-        need = max(stage.need(length) for stage in physical)
+        stage = natural.stages[natural.bottleneck_stage]
         raise UserError(
-            f"{layout.name}: not even one request of max_model_len={length} tokens fits: it needs "
-            f"{need / GiB:.2f} GiB of KV cache on a stage, the budget is "
-            f"{min(budget_bytes) / GiB:.2f} GiB; lower --max-model-len or give more memory"
+            f"{layout.name}: not even one request of max_model_len={length} tokens fits: stage "
+            f"{stage.stage} needs {physical[stage.stage].need(length) / GiB:.2f} GiB for it, its KV cache "
+            f"budget is {stage.budget_bytes / GiB:.2f} GiB; lower --max-model-len or give more memory"
         )
     capacities = tuple(
         _capacity(layout, settings, stock, natural, physical, budget_bytes, n)
