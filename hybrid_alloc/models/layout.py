@@ -99,6 +99,8 @@ class ModelLayout:
     embedding_weight_bytes: int = 0
     head_weight_bytes: int = 0
     quant_bits: int | None = None  # from quantization_config, None = unquantised
+    # What "--kv-cache-dtype auto" means for this checkpoint when not the model dtype (ModelOpt fp8 KV scheme).
+    checkpoint_kv_cache_dtype: str | None = None
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -112,3 +114,9 @@ class ModelLayout:
     @property
     def is_hybrid(self) -> bool:
         return bool(self.attention_layers) and bool(self.state_layers)
+
+    def resolve_kv_cache_dtype(self, kv_cache_dtype: str = "auto") -> str:
+        """The attention cache dtype vLLM uses for ``--kv-cache-dtype`` (``resolve_kv_cache_dtype_string``)."""
+        if kv_cache_dtype != "auto":
+            return kv_cache_dtype
+        return self.checkpoint_kv_cache_dtype or self.dtype

@@ -1,0 +1,64 @@
+"""Granite-4.0-H (``granitemoehybrid``): Mamba2 or attention per decoder layer (``layer_types``), each
+followed by an optional MoE and a shared MLP.
+
+vLLM: ``models/granitemoehybrid.py`` (attention head size = hidden_size / num_attention_heads);
+defaults from transformers' ``GraniteMoeHybridConfig`` (legacy "mamba"/"attention" names remapped).
+"""
+
+from __future__ import annotations
+
+from hybrid_alloc.errors import ModelConfigError
+from hybrid_alloc.models.family import Context, FamilyLayout, attention_layer, kv_heads_per_rank
+from hybrid_alloc.models.layout import CacheLayer
+from hybrid_alloc.models.state_shapes import mamba2_state, mamba_state_dtypes
+from hybrid_alloc.models.weights import Params, attention_params, gated_mlp_params, mamba2_params, moe_params
+
+MODEL_TYPES = ("granitemoehybrid",)
+
+
+def build(ctx: Context) -> FamilyLayout:
+    cfg, tp = ctx.cfg, ctx.tp
+    n = cfg.int("num_hidden_layers", 32)
+    hidden = cfg.int("hidden_size", 4096)
+    field = "layer_types" if cfg.has("layer_types") else "layers_block_type"
+    types = cfg.layer_types(field, ["linear_attention"] * n)
+    if len(types) < n or not set(types) <= {"linear_attention", "full_attention"}:
+        raise ModelConfigError(f"{cfg.source}: {field} must list {n} entries of mamba/attention")
+
+    heads = cfg.int("num_attention_heads", 32)
+    kv = kv_heads_per_rank(ctx, heads, cfg.int("num_key_value_heads", heads))
+    head_dim = hidden // heads
+
+    intermediate = cfg.int("mamba_expand", 2) * hidden
+    m_heads = cfg.int("mamba_n_heads", 128)
+    m_head_dim = cfg.get("mamba_d_head", "auto")
+    if m_head_dim == "auto":
+        m_head_dim = intermediate // m_heads
+    n_groups, state_size = cfg.int("mamba_n_groups", 1), cfg.int("mamba_d_state", 256)
+    kernel = cfg.int("mamba_d_conv", 4)
+    state = mamba2_state(tp, intermediate, n_groups, m_heads, m_head_dim, state_size, kernel, ctx.num_spec,
+                         mamba_state_dtypes(ctx.dtype))
+
+    experts = cfg.int("num_local_experts", 8)
+    ffn = Params(other=hidden)
+    if experts > 0:
+        ffn = ffn + moe_params(hidden, experts, cfg.int("intermediate_size", 11008), tp)
+    shared = cfg.int("shared_intermediate_size", 1024)
+    if shared:
+        ffn = ffn + gated_mlp_params(hidden, shared, tp)
+    mamba = mamba2_params(hidden, intermediate, n_groups, m_heads, state_size, kernel, tp) + ffn
+    attn = attention_params(hidden, heads, kv, head_dim, tp) + ffn
+
+    layers: list[CacheLayer] = []
+    params: list[Params] = []
+    for i, kind in enumerate(types[:n]):
+        if kind == "linear_attention":
+            layers.append(CacheLayer(name=f"model.layers.{i}.mixer", decoder_layer=i, kind="mamba2", state=state))
+            params.append(mamba)
+        else:
+            layers.append(attention_layer(f"model.layers.{i}.self_attn.attn", i, kv, head_dim))
+            params.append(attn)
+    return FamilyLayout(layers=layers, layer_params=params, hidden_size=hidden,
+                        vocab_size=cfg.int("vocab_size", 32000),
+                        tie_word_embeddings=cfg.tie_word_embeddings(False),
+                        max_position_embeddings=cfg.int("max_position_embeddings", 2048))

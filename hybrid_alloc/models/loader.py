@@ -1,0 +1,86 @@
+"""``load_layout``: a config.json path, a model folder or a bundled name -> ``ModelLayout``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hybrid_alloc.errors import ModelConfigError
+from hybrid_alloc.models.bundled import CONFIG_DIR, bundled_models, find_bundled
+from hybrid_alloc.models.family import Context
+from hybrid_alloc.models.hf_config import HFConfig, read_json
+from hybrid_alloc.models.layout import ModelLayout, dtype_bytes
+from hybrid_alloc.models.registry import MODEL_TYPES, supported_model_types
+from hybrid_alloc.models.weights import padded_vocab_rows, weight_bits
+
+
+def _resolve(model: str) -> tuple[str, str, Path]:
+    """(display name, source, path) for a path, a folder holding config.json, or a bundled name / HF id."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+        if not path.is_file():
+            raise ModelConfigError(f"{model}: folder has no config.json")
+        return path.parent.name, str(path), path
+    if path.is_file():
+        return path.stem, str(path), path
+    found = find_bundled(model)
+    if found is None:
+        raise ModelConfigError(f"{model!r}: no such file or folder, and not a bundled model "
+                               f"(bundled: {', '.join(sorted(bundled_models()))})")
+    hf_id, path = found
+    return hf_id, f"bundled:{path.relative_to(CONFIG_DIR).as_posix()}", path
+
+
+def _checkpoint_kv_cache_dtype(cfg: HFConfig) -> str | None:
+    """``resolve_kv_cache_dtype_string``: ModelOpt checkpoints with an fp8 KV scheme make "auto" mean fp8."""
+    q = cfg.quantization_config or {}
+    if not str(q.get("quant_method", "")).startswith("modelopt") and "producer" not in q:
+        return None
+    inner = q.get("quantization", q)
+    algo = inner.get("kv_cache_scheme") or q.get("kv_cache_scheme") or inner.get("kv_cache_quant_algo") \
+        or q.get("kv_cache_quant_algo")
+    if isinstance(algo, dict):
+        return "fp8" if (algo.get("num_bits") == 8 and algo.get("type") == "float" and not algo.get("dynamic")) else None
+    return "fp8" if isinstance(algo, str) and algo.upper().startswith("FP8") else None
+
+
+def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0) -> ModelLayout:
+    if tp < 1 or num_speculative_tokens < 0:
+        raise ModelConfigError(f"tp must be >= 1 and num_speculative_tokens >= 0 (got {tp}, {num_speculative_tokens})")
+    name, source, path = _resolve(str(model))
+    cfg = HFConfig(read_json(path), str(path))
+    family = MODEL_TYPES.get(cfg.model_type)
+    if family is None:
+        raise ModelConfigError(
+            f"{path}: unsupported model_type {cfg.model_type or '(none)'!r} ({cfg.architecture or 'no architecture'}); "
+            f"supported: {', '.join(supported_model_types())}")
+    dtype = cfg.model_dtype()
+    fam = family.build(Context(cfg=cfg, tp=tp, num_spec=num_speculative_tokens, dtype=dtype))
+
+    bits = weight_bits(cfg, dtype)
+    embedding_params = padded_vocab_rows(fam.vocab_size, tp) * fam.hidden_size
+    head_bytes = 0 if fam.tie_word_embeddings else round(embedding_params * bits.head / 8)
+    notes = list(fam.notes)
+    if cfg.defaulted:
+        notes.append(f"absent from the config, read at the config class default: {', '.join(cfg.defaulted)}")
+    kv_dtype = _checkpoint_kv_cache_dtype(cfg)
+    if kv_dtype:
+        notes.append(f"checkpoint KV cache scheme: --kv-cache-dtype auto resolves to {kv_dtype}")
+    return ModelLayout(
+        name=name,
+        source=source,
+        model_type=cfg.model_type,
+        architecture=cfg.architecture,
+        dtype=dtype,
+        num_decoder_layers=fam.num_decoder_layers,
+        max_position_embeddings=fam.max_position_embeddings,
+        layers=tuple(fam.layers),
+        tp=tp,
+        num_speculative_tokens=num_speculative_tokens,
+        weight_bytes_per_decoder_layer=tuple(bits.layer_bytes(p) for p in fam.layer_params),
+        embedding_weight_bytes=round(embedding_params * dtype_bytes(dtype)),
+        head_weight_bytes=head_bytes + fam.hidden_size * dtype_bytes(dtype),  # + final norm
+        quant_bits=bits.nominal,
+        checkpoint_kv_cache_dtype=kv_dtype,
+        notes=tuple(notes),
+    )

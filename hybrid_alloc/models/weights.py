@@ -1,0 +1,142 @@
+"""Weight bytes on one TP rank: an estimate for the memory budget, not vLLM's exact allocation.
+
+Formula: each decoder layer's parameters are counted from the config in three classes, already divided
+by the TP size (column/row-parallel projections and experts split evenly; KV projections replicated when
+``tp > num_kv_heads``):
+- ``mixer``: attention q/k/v/o and the state mixers' projections (in_proj, conv1d, out_proj, ...);
+- ``mlp``: dense MLP, MoE experts, shared experts and routers;
+- ``other``: norms and small vectors (always in the model dtype).
+Bytes = params x bits / 8, where bits come from ``quantization_config`` (see ``WeightBits``) or the model
+dtype. Embeddings and the LM head are padded to 64 rows (``VocabParallelEmbedding``) and split by TP;
+a tied LM head costs nothing extra. Biases, rotary caches and vLLM's padding of quantized shards are
+ignored (well under 1% for the bundled models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hybrid_alloc.models.hf_config import HFConfig
+from hybrid_alloc.models.layout import dtype_bytes
+
+VOCAB_PADDING = 64  # vLLM's DEFAULT_VOCAB_PADDING_SIZE
+
+
+@dataclass(frozen=True)
+class Params:
+    """Parameters of one decoder layer on one TP rank, by weight class."""
+
+    mixer: float = 0
+    mlp: float = 0
+    other: float = 0
+
+    def __add__(self, other: Params) -> Params:
+        return Params(self.mixer + other.mixer, self.mlp + other.mlp, self.other + other.other)
+
+
+@dataclass(frozen=True)
+class WeightBits:
+    """Bits per weight, scales included (e.g. NVFP4: 4 bits + one fp8 scale per 16 = 4.5)."""
+
+    mixer: float
+    mlp: float
+    head: float
+    other: float
+    nominal: int | None  # the quantised weight width (ModelLayout.quant_bits); None = unquantised
+
+    def layer_bytes(self, p: Params) -> int:
+        return round((p.mixer * self.mixer + p.mlp * self.mlp + p.other * self.other) / 8)
+
+
+def _scheme_bits(num_bits: int, group_size: int | None, float_type: bool) -> float:
+    """One weight scheme: int formats carry an fp16 scale and zero per group, fp4 an fp8 scale per 16."""
+    if num_bits >= 8:
+        return float(num_bits)
+    if float_type:
+        return num_bits + 8 / (group_size or 16)
+    return num_bits + 32 / (group_size or 128)
+
+
+_MODELOPT_ALGOS = {"FP8": 8.0, "FP8_PER_CHANNEL_PER_TOKEN": 8.0, "FP8_PB_WO": 8.0, "NVFP4": 4.5,
+                   "W4A16_NVFP4": 4.5, "W4A8_NVFP4_FP8": 4.5, "MXFP4": 4.25}
+
+
+def _classify(module: str) -> str:
+    return "mlp" if (".mlp." in module or "expert" in module or "feed_forward" in module) else (
+        "head" if module.startswith("lm_head") else "mixer")
+
+
+def weight_bits(cfg: HFConfig, model_dtype: str) -> WeightBits:
+    """Bits per weight class from ``quantization_config`` (AWQ, GPTQ, fp8, bitsandbytes, compressed-tensors,
+    ModelOpt FP8 / NVFP4 / mixed precision); unknown methods count as unquantised."""
+    native = 8.0 * dtype_bytes(model_dtype)
+    q: dict[str, Any] | None = cfg.quantization_config
+    if not q:
+        return WeightBits(native, native, native, native, None)
+    method = str(q.get("quant_method", "")).lower()
+    by_class: dict[str, float] = {}
+    if method in ("awq", "gptq", "awq_marlin", "gptq_marlin", "auto-round", "autoround"):
+        bits = _scheme_bits(int(q.get("bits", 4)), q.get("group_size"), False)
+        by_class = {"mixer": bits, "mlp": bits}
+    elif method in ("fp8", "fbgemm_fp8"):
+        by_class = {"mixer": 8.0, "mlp": 8.0}
+    elif method == "bitsandbytes":
+        bits = 4.5 if q.get("load_in_4bit") else 8.0
+        by_class = {"mixer": bits, "mlp": bits}
+    elif method == "mxfp4":
+        by_class = {"mlp": 4.25}
+    elif method.startswith("modelopt") or "quant_algo" in q or isinstance(q.get("quantization"), dict):
+        inner = q.get("quantization", q)
+        algo = str(inner.get("quant_algo", "")).upper()
+        if algo in _MODELOPT_ALGOS:
+            by_class = {"mixer": _MODELOPT_ALGOS[algo], "mlp": _MODELOPT_ALGOS[algo]}
+        for module, spec in (inner.get("quantized_layers") or {}).items():
+            bits = _MODELOPT_ALGOS.get(str(spec.get("quant_algo", "")).upper())
+            if bits is not None:
+                cls = _classify(module)
+                by_class[cls] = min(bits, by_class.get(cls, native))
+    elif method == "compressed-tensors":
+        for group in (q.get("config_groups") or {}).values():
+            w = group.get("weights") or {}
+            bits = _scheme_bits(int(w.get("num_bits", 16)), w.get("group_size"), w.get("type") == "float")
+            targets = group.get("targets") or ["Linear"]
+            classes = {"mixer", "mlp"} if "Linear" in targets else {_classify(t) for t in targets}
+            for cls in classes:
+                by_class[cls] = min(bits, by_class.get(cls, native))
+    if not by_class:
+        return WeightBits(native, native, native, native, None)
+    nominal = int(min(by_class.values()))
+    return WeightBits(by_class.get("mixer", native), by_class.get("mlp", native),
+                      by_class.get("head", native), native, nominal)
+
+
+def padded_vocab_rows(vocab_size: int, tp: int) -> float:
+    return -(-vocab_size // VOCAB_PADDING) * VOCAB_PADDING / tp
+
+
+def attention_params(hidden: int, num_heads: int, num_kv_heads_per_rank: int, head_dim: int, tp: int,
+                     q_multiplier: int = 1) -> Params:
+    """q (x2 with an output gate), k, v, o projections; q-k norms and biases ignored."""
+    q_o = (q_multiplier + 1) * hidden * num_heads * head_dim / tp
+    kv = 2 * hidden * num_kv_heads_per_rank * head_dim
+    return Params(mixer=q_o + kv, other=2 * hidden)
+
+
+def gated_mlp_params(hidden: int, intermediate: int, tp: int) -> Params:
+    """gate_up + down projections (SwiGLU)."""
+    return Params(mlp=3 * hidden * intermediate / tp)
+
+
+def moe_params(hidden: int, num_experts: int, expert_intermediate: int, tp: int, gated: bool = True) -> Params:
+    """Routed experts split over TP (no expert parallelism) plus a replicated router."""
+    per_expert = (3 if gated else 2) * hidden * expert_intermediate
+    return Params(mlp=num_experts * per_expert / tp + hidden * num_experts)
+
+
+def mamba2_params(hidden: int, intermediate: int, n_groups: int, num_heads: int, state_size: int,
+                  conv_kernel: int, tp: int) -> Params:
+    """MambaMixer2: in_proj (z, x, B, C, dt), conv1d over x/B/C, out_proj; A, D, dt_bias, gated norm."""
+    conv_dim = intermediate + 2 * n_groups * state_size
+    mixer = (hidden * (intermediate + conv_dim + num_heads) + conv_dim * conv_kernel + intermediate * hidden) / tp
+    return Params(mixer=mixer, other=(3 * num_heads + intermediate) / tp + hidden)
