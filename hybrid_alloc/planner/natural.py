@@ -35,7 +35,7 @@ def cdiv(a: int, b: int) -> int:
 
 
 def cache_dtype(layout: ModelLayout, settings: Settings) -> str:
-    return layout.dtype if settings.kv_cache_dtype == "auto" else settings.kv_cache_dtype
+    return layout.resolve_kv_cache_dtype(settings.kv_cache_dtype)
 
 
 def max_model_len(layout: ModelLayout, settings: Settings) -> int:

@@ -28,7 +28,7 @@ def _header(trace: Trace) -> str:
     s, layout = trace.settings, trace.layout
     kinds = Counter(layer.kind for layer in layout.layers)
     layers = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
-    dtype = layout.dtype if s.kv_cache_dtype == "auto" else s.kv_cache_dtype
+    dtype = layout.resolve_kv_cache_dtype(s.kv_cache_dtype)
     gpus = s.pp * s.tp
     return (
         f"[bold]{layout.name}[/bold] ({layers}) on {gpus}x {trace.hardware.description}, "
