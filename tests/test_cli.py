@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -146,3 +147,11 @@ def test_sizes(text, expected):
 def test_bad_sizes(text):
     with pytest.raises(argparse.ArgumentTypeError):
         parse_size(text)
+
+
+def test_trace_over_every_bundled_config_takes_under_3_s():
+    spec = importlib.util.spec_from_file_location("time_trace", Path(__file__).parent.parent / "tools" / "time_trace.py")
+    time_trace = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(time_trace)
+    seconds = time_trace.time_all()
+    assert len(seconds) >= 20 and sum(seconds.values()) < time_trace.LIMIT_S
