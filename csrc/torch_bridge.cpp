@@ -22,16 +22,23 @@
 // it is folded into one uint64 (user ids get bit 63). The PyTorch filter (which streams/threads allocate
 // into the pool) is replaced by the stream current on `device` when the pool begins: CUDAGraph calls
 // beginAllocateToPool with the capture stream current, just before cudaStreamBeginCapture.
+// Only c10/torch CUDA allocator headers and pybind11 (not torch/extension.h, which pulls in all of ATen):
+// cpp_extension still compiles it with torch's pybind11 ABI flags, so the pybind11 type registry (and the
+// torch._C._cuda_CUDAAllocator holder type) is shared with torch.
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/util/Exception.h>
 #include <dlfcn.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 #include <torch/csrc/cuda/CUDAPluggableAllocator.h>
-#include <torch/extension.h>
 
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
+
+namespace py = pybind11;
 
 namespace {
 
