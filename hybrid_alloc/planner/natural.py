@@ -21,7 +21,6 @@ exact: attention never strands a run it did not need.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import ceil
 
 from hybrid_alloc.models.layout import ModelLayout
 from hybrid_alloc.planner.hardware import KERNEL_BLOCK_SIZE, HardwareProfile, attention_backend
