@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fnmatch
 import glob
+import importlib.util
 import json
 import os
+import sys
 import tempfile
 import threading
 import warnings
@@ -70,16 +73,48 @@ class AllocatorOOM(AllocatorError, MemoryError):
 
 
 # --------------------------------------------------------------------------------------------- loading
-def library_path() -> str:
-    """Absolute path of libhybrid_alloc.so: the file PyTorch, ctypes and ``_core`` share.
+def _installed_file(pattern: str) -> str | None:
+    """A file of the installed hybrid-alloc distribution, for a source checkout that shadows the installed
+    package (e.g. pytest run from the repository root after `pip install .`)."""
+    try:
+        from importlib import metadata  # noqa: PLC0415
 
-    Search order: the file ``_core`` is linked to (when the module is built), the package directory,
-    ``$HYBRID_ALLOC_LIBRARY``.
-    """
+        files = metadata.distribution("hybrid-alloc").files or []
+    except Exception:  # noqa: BLE001 - not installed
+        return None
+    for f in files:
+        if f.parent.as_posix() == "hybrid_alloc" and fnmatch.fnmatch(f.name, pattern):
+            path = str(f.locate())
+            if os.path.isfile(path) and os.path.dirname(os.path.realpath(path)) != os.path.realpath(_PKG_DIR):
+                return path
+    return None
+
+
+def _import_core():
     try:
         from hybrid_alloc import _core  # noqa: PLC0415
 
-        return os.path.realpath(_core.library_path())
+        return _core
+    except ImportError as e:
+        first = e
+    path = _installed_file("_core*.so")
+    if path is None:
+        raise first
+    spec = importlib.util.spec_from_file_location("hybrid_alloc._core", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sys.modules["hybrid_alloc._core"] = mod
+    return mod
+
+
+def library_path() -> str:
+    """Absolute path of libhybrid_alloc.so: the file PyTorch, ctypes and ``_core`` share.
+
+    Search order: the file ``_core`` is linked to (the package's, or the installed distribution's when a
+    source checkout without built files shadows it), the package directory, ``$HYBRID_ALLOC_LIBRARY``.
+    """
+    try:
+        return os.path.realpath(_import_core().library_path())
     except ImportError:
         pass
     candidates = [os.path.join(_PKG_DIR, LIBRARY_NAME)]
@@ -98,12 +133,11 @@ def library_path() -> str:
 def core():
     """The pybind11 control module ``hybrid_alloc._core``."""
     try:
-        from hybrid_alloc import _core  # noqa: PLC0415
+        return _import_core()
     except ImportError as e:
         raise AllocatorError(
             f"hybrid_alloc._core is not built ({e}): build the package with `pip install .`"
         ) from None
-    return _core
 
 
 def lib() -> ctypes.CDLL:
@@ -370,9 +404,7 @@ class _SlabBuffer:
 
 def _free_slab_quietly(ptr: int) -> None:
     try:
-        from hybrid_alloc import _core  # noqa: PLC0415
-
-        _core.slab_free(ptr)
+        sys.modules["hybrid_alloc._core"].slab_free(ptr)
     except Exception:  # noqa: BLE001 - interpreter shutdown or already freed: nothing to report to
         pass
 
