@@ -9,8 +9,15 @@ Per stage (../shared/DESIGN.md, "The natural layout"):
   null block 0 sit below the first slot (attention takes the lowest free ids, so it uses them first);
 - bytes = ``num_blocks * sum(attention page of each attention layer)``; a stage without attention keeps
   its state in state-only tensors (one per state layer) of ``num_blocks // k`` slots.
-Pipeline parallel: one scheduler, so ``num_blocks`` is the largest that fits every stage's budget and ``k``
-the largest any stage needs. A state-only model has no attention blocks: its pool unit is one slot (k = 1).
+Pipeline parallel: one scheduler serves every stage, so ``num_blocks`` (the largest that fits every
+stage's budget) and ``k`` are shared. Stages differ in state per attention layer (Qwen3.5-9B at PP=3:
+9 GDN layers on 2 attention tensors on stage 0, 8 on 3 elsewhere), so the ``k`` each stage needs differs.
+Taking the largest makes every other stage reserve attention pages its slots do not need; instead ``k`` is
+chosen from the range the stages need to maximise the geometric mean of the capacities at 512, 4096 and
+max_model_len tokens, and a stage whose ``r`` state pages do not fit ``k`` natural pages pads its
+attention page stride to ``ceil(r * state_page / k)`` (256-byte aligned; vLLM's ``page_size_padded``).
+At PP=1 this choice is the stage's own ``k`` and nothing is padded.
+A state-only model has no attention blocks: its pool unit is one slot (k = 1).
 
 Capacity at L tokens: ``min(max_num_seqs, (N - 1) // (ceil(L/B) + m*k))`` (block 0 is vLLM's null
 block), where ``m`` is the number of state slots vLLM's MambaManager may hold per request
@@ -73,7 +80,8 @@ class NaturalStage:
     num_attention_layers: int
     num_state_layers: int
     attention_page_bytes: int  # one block of the smallest attention layer (k is derived from it)
-    bytes_per_block: int  # one block id across every attention tensor of the stage
+    bytes_per_block: int  # one block id across every attention tensor of the stage, padding included
+    attention_padding_per_block: int  # bytes of bytes_per_block no attention token uses (see k above)
     kv_bytes_per_token: int  # all attention layers of the stage together
     state_page_bytes: int  # the largest unpadded state page of the stage (0: no state)
     state_bytes_per_request: int  # one request's state in every state layer of the stage, unpadded
@@ -146,71 +154,140 @@ class NaturalPlan:
         return int(self.max_concurrency * self.max_model_len)
 
 
+PAD_ALIGNMENT = 256  # a padded attention page stride stays a multiple of this many bytes
+OBJECTIVE_LENGTHS = (512, 4096)  # with max_model_len: the lengths the shared k is chosen for
+
+
+@dataclass(frozen=True)
+class _StageShape:
+    """What one stage holds, before the shared k and num_blocks are known."""
+
+    kv: tuple[int, ...]  # KV bytes per token of each attention layer
+    state_pages: tuple[int, ...]  # unpadded state page of each state layer
+    block: int  # attention block size (tokens)
+
+    @property
+    def page(self) -> int:
+        return self.block * min(self.kv) if self.kv else 0
+
+    @property
+    def state_page(self) -> int:
+        return max(self.state_pages, default=0)
+
+    @property
+    def r(self) -> int:
+        return cdiv(len(self.state_pages), len(self.kv)) if self.kv else 0
+
+    @property
+    def k_needed(self) -> int:
+        return cdiv(self.r * self.state_page, self.page) if self.kv else 0
+
+    def bytes_per_block(self, k: int) -> int:
+        """One block id across the stage's attention tensors: each tensor's page, padded where ``k``
+        pages would not hold its ``r`` state pages."""
+        if not self.kv:
+            return 0
+        need = cdiv(self.r * self.state_page, k) if self.state_pages else 0
+        padded = cdiv(need, PAD_ALIGNMENT) * PAD_ALIGNMENT
+        return sum(self.block * kv if self.block * kv >= need else padded for kv in self.kv)
+
+    def max_blocks(self, budget: int, k: int, has_attention: bool) -> int:
+        if self.kv:
+            return budget // self.bytes_per_block(k)
+        if self.state_pages:
+            # State-only tensors hold num_blocks // k slots.
+            slots = budget // sum(self.state_pages)
+            return slots * k + k - 1 if has_attention else slots
+        return budget  # a stage without cache layers puts no limit
+
+
+def _objective(num_blocks: int, k: int, m: int, block: int, lengths: tuple[int, ...]) -> float:
+    """Log of the geometric mean of the requests that fit at each length (plus one, so zero counts)."""
+    from math import log
+
+    return sum(log(1 + max(0, (num_blocks - 1) // (cdiv(length, block) + m * k))) for length in lengths)
+
+
+def choose_slot_blocks(shapes: list[_StageShape], budgets: list[int], m: int, lengths: tuple[int, ...]) -> int:
+    """The shared k: every value between the smallest and the largest a stage needs, best objective,
+    ties to the larger k (less padding)."""
+    needed = [shape.k_needed for shape in shapes if shape.kv and shape.state_pages]
+    block = next(shape.block for shape in shapes if shape.kv)
+
+    def score(k: int) -> float:
+        num_blocks = min(shape.max_blocks(b, k, True) for shape, b in zip(shapes, budgets))
+        return _objective(num_blocks, k, m, block, lengths)
+
+    return max(range(max(1, min(needed)), max(needed) + 1), key=lambda k: (score(k), k))
+
+
 def plan_natural(
-    layout: ModelLayout, settings: Settings, stage_budgets: list[int], hardware: HardwareProfile
+    layout: ModelLayout,
+    settings: Settings,
+    stage_budgets: list[int],
+    hardware: HardwareProfile,
+    state_slot_blocks: int | None = None,
 ) -> NaturalPlan:
+    """The natural plan; ``state_slot_blocks`` forces k (otherwise chosen as the module docstring says)."""
     block = natural_block_size(layout, settings, hardware)
     dtype = cache_dtype(layout, settings)
     per_stage = stage_layers(layout, settings.pp, settings.pp_layer_partition)
     assert len(per_stage) == len(stage_budgets), "one budget per pipeline stage"
     has_attention = bool(layout.attention_layers)
     has_state = bool(layout.state_layers)
+    model_len = max_model_len(layout, settings)
     notes = []
 
-    # What each stage needs on its own: (layers, attention page, bytes per block, state page, r, k).
-    shapes = []
-    for layers in per_stage:
-        attention = [layer for layer in layers if layer.is_attention]
-        state = [layer for layer in layers if layer.is_state]
-        kv = [layer.kv_bytes_per_token(dtype) for layer in attention]
-        page = block * min(kv) if kv else 0
-        state_page = max((layer.state_page_bytes for layer in state), default=0)
-        r = cdiv(len(state), len(attention)) if attention else 0
-        k = cdiv(r * state_page, page) if attention else 0
-        shapes.append((attention, state, kv, page, state_page, r, k))
-
-    if has_attention:
-        k = max(max(s[6] for s in shapes), 1) if has_state else 0
-    else:
+    shapes = [
+        _StageShape(
+            kv=tuple(layer.kv_bytes_per_token(dtype) for layer in layers if layer.is_attention),
+            state_pages=tuple(layer.state_page_bytes for layer in layers if layer.is_state),
+            block=block,
+        )
+        for layers in per_stage
+    ]
+    m = state_blocks_per_request(layout, settings, hardware) if has_state else 0
+    if not has_attention:
         k = 1  # no attention: the pool unit is one state slot
         notes.append("no attention layer: the pool is a pool of state slots; capacity does not depend on length")
-    if not has_state:
+    elif not has_state:
+        k = 1  # unused: no slot is ever taken
         notes.append("no state layer: the natural layout is vLLM's attention pool at the natural block size")
-    m = state_blocks_per_request(layout, settings, hardware) if has_state else 0
+    elif state_slot_blocks is not None:
+        k = state_slot_blocks
+    else:
+        lengths = tuple(sorted({length for length in OBJECTIVE_LENGTHS if length < model_len} | {model_len}))
+        k = choose_slot_blocks(shapes, stage_budgets, m, lengths)
+    padded = [i for i, shape in enumerate(shapes) if shape.kv and shape.bytes_per_block(k) > block * sum(shape.kv)]
+    if padded:
+        notes.append(
+            f"k = {k} blocks; stage(s) {', '.join(map(str, padded))} pad their attention page stride to hold "
+            "their state pages in a slot (more state per attention layer than the other stages)"
+        )
 
-    def max_blocks(shape, budget: int) -> int:
-        attention, state, kv, page, state_page, r, _ = shape
-        if attention:
-            return budget // (block * sum(kv))
-        if state:
-            # State-only tensors hold num_blocks // k slots.
-            slots = budget // sum(layer.state_page_bytes for layer in state)
-            return slots * k + k - 1 if has_attention else slots
-        return budget  # a stage without cache layers puts no limit
-
-    fits = [max_blocks(shape, budget) for shape, budget in zip(shapes, stage_budgets)]
+    fits = [shape.max_blocks(budget, k, has_attention) for shape, budget in zip(shapes, stage_budgets)]
     num_blocks = min(fits)
 
     stages = []
     for index, (shape, budget, fit) in enumerate(zip(shapes, stage_budgets, fits)):
-        attention, state, kv, page, state_page, r, stage_k = shape
-        state_bytes = sum(layer.state_page_bytes for layer in state)
-        if attention:
-            allocated = num_blocks * block * sum(kv)
+        per_block = shape.bytes_per_block(k)
+        if shape.kv:
+            allocated = num_blocks * per_block
         else:
-            allocated = (num_blocks // k) * state_bytes if state else 0
+            allocated = (num_blocks // k) * sum(shape.state_pages)
         stages.append(
             NaturalStage(
                 stage=index,
-                num_attention_layers=len(attention),
-                num_state_layers=len(state),
-                attention_page_bytes=page,
-                bytes_per_block=block * sum(kv),
-                kv_bytes_per_token=sum(kv),
-                state_page_bytes=state_page,
-                state_bytes_per_request=state_bytes,
-                state_layers_per_tensor=r,
-                slot_blocks_needed=stage_k,
+                num_attention_layers=len(shape.kv),
+                num_state_layers=len(shape.state_pages),
+                attention_page_bytes=shape.page,
+                bytes_per_block=per_block,
+                attention_padding_per_block=per_block - block * sum(shape.kv),
+                kv_bytes_per_token=sum(shape.kv),
+                state_page_bytes=shape.state_page,
+                state_bytes_per_request=sum(shape.state_pages),
+                state_layers_per_tensor=shape.r,
+                slot_blocks_needed=shape.k_needed,
                 budget_bytes=budget,
                 max_blocks=fit,
                 num_blocks=num_blocks,
@@ -224,7 +301,7 @@ def plan_natural(
         num_blocks=num_blocks,
         state_slot_blocks=k if has_state else 0,
         state_slots_per_request=m,
-        max_model_len=max_model_len(layout, settings),
+        max_model_len=model_len,
         max_num_seqs=settings.max_num_seqs,
         notes=tuple(notes),
     )

@@ -5,7 +5,8 @@ budget lands in exactly one category (the splits sum to the budget):
 - attention: K/V of the L tokens;
 - state: the recurrent states the request holds (m per state layer: vLLM's MambaSpec worst case);
 - padding: stock: state pages padded up to the attention page and padding layers of a group;
-  natural: state-page positions of a slot that no state layer uses (n_attn * r - n_state);
+  natural: state-page positions of a slot that no state layer uses (n_attn * r - n_state), and the
+  padded attention page stride of a stage with more state per attention layer than k pages hold;
 - rounding: the unfilled tail of the last attention block; natural: a slot rounded up to k blocks;
 - unused: not held by any request (free blocks, and budget beyond the pool).
 Physical need = L tokens x KV bytes + one state per request, nothing else.
@@ -98,7 +99,7 @@ def natural_split(plan: NaturalPlan, stage_index: int, requests: int, num_tokens
         unused_pages = stage.unused_state_pages_per_slot * stage.state_page_bytes
         held.update(
             attention=num_tokens * stage.kv_bytes_per_token,
-            padding=slots * unused_pages,
+            padding=slots * unused_pages + cdiv(num_tokens, block) * stage.attention_padding_per_block,
             rounding=(cdiv(num_tokens, block) * block - num_tokens) * stage.kv_bytes_per_token
             + slots * (stage.slot_rounding_bytes - unused_pages),
         )
