@@ -218,3 +218,11 @@ def test_no_vllm_or_torch_import():
     code = ("import sys; from hybrid_alloc.models import load_layout; load_layout('qwen3.5-9b', tp=2); "
             "assert not {'vllm', 'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_nemotron_layer_list_wins_over_legacy_pattern(tmp_path: Path):
+    """transformers' NemotronHConfig reads hybrid_override_pattern only when no layer list is given."""
+    data = raw(CONFIG_DIR / bundled_models()["nemotron-h-8b"]) | {
+        "layers_block_type": ["mamba", "attention", "mlp"]}
+    layout = load_layout(str(write_config(tmp_path, data)))
+    assert layout.num_decoder_layers == 3 and [layer.kind for layer in layout.layers] == ["mamba2", "attention"]

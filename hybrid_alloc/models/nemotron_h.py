@@ -19,12 +19,14 @@ _PATTERN_CHARS = {"linear_attention": "M", "moe": "E", "full_attention": "*", "m
 
 
 def _pattern(ctx: Context) -> str:
+    """``NemotronHConfig``: an explicit ``layers_block_type`` / ``layer_types`` list wins over the legacy
+    ``hybrid_override_pattern`` string; with neither, the class default list."""
     cfg = ctx.cfg
-    if cfg.has("hybrid_override_pattern"):
+    field = next((f for f in ("layers_block_type", "layer_types") if cfg.has(f)), None)
+    if field is None and cfg.has("hybrid_override_pattern"):
         pattern = str(cfg.get("hybrid_override_pattern"))
     else:
-        field = "layers_block_type" if cfg.has("layers_block_type") else "layer_types"
-        types = cfg.layer_types(field, ["linear_attention", "moe", "full_attention", "mlp"])
+        types = cfg.layer_types(field or "layer_types", ["linear_attention", "moe", "full_attention", "mlp"])
         pattern = "".join(_PATTERN_CHARS.get(t, "?") for t in types)
     bad = sorted(set(pattern) - set("ME*-"))
     if bad:
@@ -43,9 +45,9 @@ def build(ctx: Context) -> FamilyLayout:
     head_dim = cfg.int("head_dim", 128)  # NemotronHConfig default; attention_head_dim is not read
 
     m_heads, m_head_dim = cfg.int("mamba_num_heads", 128), cfg.int("mamba_head_dim", 64)
-    n_groups = cfg.first("n_groups", "mamba_n_groups", default=8)
+    n_groups = cfg.first("mamba_n_groups", "n_groups", default=8)  # the legacy name overrides
     state_size = cfg.int("ssm_state_size", 128)
-    kernel = cfg.first("conv_kernel", "mamba_d_conv", default=4)
+    kernel = cfg.first("mamba_d_conv", "conv_kernel", default=4)
     # NemotronHForCausalLMConfig: "auto" becomes the config's mamba_ssm_cache_dtype, else float32.
     ssm_dtype = cfg.get("mamba_ssm_cache_dtype", "float32")
     state = mamba2_state(tp, m_heads * m_head_dim, n_groups, m_heads, m_head_dim, state_size, kernel,

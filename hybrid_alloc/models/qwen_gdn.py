@@ -77,8 +77,10 @@ def build(ctx: Context) -> FamilyLayout:
     notes = []
     mtp = cfg.int("mtp_num_hidden_layers", 0) or cfg.int("num_nextn_predict_layers", 0)
     if mtp:
-        notes.append(f"{mtp} MTP layer(s) hold no cache unless speculative decoding uses them "
-                     "(--speculative-config method mtp adds their attention KV cache as a draft model)")
+        notes.append(f"{mtp} MTP layer(s) hold no cache and no weights here unless speculative decoding uses "
+                     "them (--speculative-config method mtp adds their weights and attention KV cache as a draft model)")
+    if cfg.architecture in _NESTED_ARCHS:
+        notes.append("vision encoder weights are not in the estimate (vLLM loads them for multimodal architectures)")
     if ssm_dtype != "auto":
         notes.append(f"GDN recurrent state in {ssm_dtype} (config mamba_ssm_dtype)")
     return FamilyLayout(layers=layers, layer_params=params, hidden_size=hidden,
