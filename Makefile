@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 JOBS   ?= $(shell nproc)
 
-.PHONY: demo test install cpp-test py-test clean
+.PHONY: demo test install cpp-test cpp-bench py-test clean
 
 # One local environment. `demo` needs only the package; `test` adds CPU torch and the vLLM 0.33 planning
 # code (installed with --no-deps), the reference the parity tests compare against.
@@ -25,14 +25,20 @@ install: | $(PY)
 demo: install
 	$(VENV)/bin/hybrid-alloc trace
 
-# C++ allocator tests: AddressSanitizer + UndefinedBehaviorSanitizer on every test, ThreadSanitizer on the stress.
+# C++ allocator tests: AddressSanitizer + UndefinedBehaviorSanitizer on every test, ThreadSanitizer on the
+# stress (only its targets are built there). `make cpp-bench` runs tools/bench_alloc from a Release build.
 cpp-test:
 	cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DHYBRID_ALLOC_BUILD_TESTS=ON -DHYBRID_ALLOC_SANITIZE=address >/dev/null
 	cmake --build build/asan -j $(JOBS) >/dev/null
-	ctest --test-dir build/asan --output-on-failure
+	ctest --test-dir build/asan --output-on-failure -j $(JOBS)
 	cmake -S . -B build/tsan -DCMAKE_BUILD_TYPE=Debug -DHYBRID_ALLOC_BUILD_TESTS=ON -DHYBRID_ALLOC_SANITIZE=thread >/dev/null
-	cmake --build build/tsan -j $(JOBS) >/dev/null
+	cmake --build build/tsan -j $(JOBS) --target ha_stress >/dev/null
 	ctest --test-dir build/tsan --output-on-failure -L stress
+
+cpp-bench:
+	cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DHYBRID_ALLOC_BUILD_TESTS=ON >/dev/null
+	cmake --build build/release -j $(JOBS) --target bench_alloc >/dev/null
+	build/release/bench_alloc
 
 # pytest exit code 5 = "no tests collected": an error here, never a silent pass.
 py-test: $(VENV)/.test-deps install

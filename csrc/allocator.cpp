@@ -98,7 +98,7 @@ void* Allocator::malloc(ssize_t size, int device, Stream s) {
   if (!d) return nullptr;
   int tag = tag_current_id();
   if (is_arena_tag(tag)) return arena_malloc(d, static_cast<size_t>(size), tag, s);
-  std::lock_guard<std::mutex> lk(d->mu);
+  std::lock_guard<DeviceLock> lk(d->mu);
   if (d->caching.any_capture() && tag == kTagOther && d->caching.capturing(s)) tag = kTagCudagraph;
   std::string err;
   Block* b = nullptr;
@@ -123,7 +123,7 @@ void* Allocator::malloc(ssize_t size, int device, Stream s) {
 }
 
 void* Allocator::arena_malloc(DeviceState* d, size_t size, int tag, Stream s) {
-  std::lock_guard<std::mutex> lk(d->mu);
+  std::lock_guard<DeviceLock> lk(d->mu);
   std::string err;
   size_t align = alignment_.load(std::memory_order_relaxed);
   bool best = best_fit_.load(std::memory_order_relaxed);
@@ -143,8 +143,8 @@ void* Allocator::arena_malloc(DeviceState* d, size_t size, int tag, Stream s) {
 }
 
 bool Allocator::free_on(DeviceState* d, void* p, Stream s) {
-  std::lock_guard<std::mutex> lk(d->mu);
-  if (Block* b = d->caching.lookup(p)) {
+  std::lock_guard<DeviceLock> lk(d->mu);
+  if (Block* b = d->caching.take_live(p)) {
     size_t req = b->requested;
     int tag = b->tag;
     uint64_t pool = b->seg->pool->id;
@@ -176,7 +176,7 @@ void Allocator::free(void* p, ssize_t size, int device, Stream s) {
   }
   if (device >= 0 && device < ndev_) {
     DeviceState* c = dev(device, "hybrid_alloc_free");
-    std::lock_guard<std::mutex> lk(c->mu);
+    std::lock_guard<DeviceLock> lk(c->mu);
     ++c->stats.num_invalid_frees;
   }
   char sb[32];
@@ -190,7 +190,7 @@ void Allocator::record_stream(void* p, Stream s) {
   for (int i = 0; i < ndev_; ++i) {
     DeviceState* d = existing(i);
     if (!d) continue;
-    std::lock_guard<std::mutex> lk(d->mu);
+    std::lock_guard<DeviceLock> lk(d->mu);
     if (Block* b = d->caching.lookup(p)) {
       d->caching.record_stream(b, s);
       return;
@@ -204,7 +204,7 @@ void Allocator::empty_cache() {
   for (int i = 0; i < ndev_; ++i) {
     DeviceState* d = existing(i);
     if (!d) continue;
-    std::lock_guard<std::mutex> lk(d->mu);
+    std::lock_guard<DeviceLock> lk(d->mu);
     d->caching.release_cached();
     d->arena.trim();
   }
@@ -217,7 +217,7 @@ int Allocator::set_memory_fraction(double fraction, int device) {
   }
   DeviceState* d = dev(device, "hybrid_alloc_set_memory_fraction");
   if (!d) return -1;
-  std::lock_guard<std::mutex> lk(d->mu);
+  std::lock_guard<DeviceLock> lk(d->mu);
   d->fraction = fraction;
   update_limit(d);
   return 0;
@@ -226,7 +226,7 @@ int Allocator::set_memory_fraction(double fraction, int device) {
 int Allocator::begin_capture(int device, uint64_t pool_id, Stream s) {
   DeviceState* d = dev(device, "hybrid_alloc_begin_capture");
   if (!d) return -1;
-  std::lock_guard<std::mutex> lk(d->mu);
+  std::lock_guard<DeviceLock> lk(d->mu);
   std::string err;
   if (!d->caching.begin_capture(pool_id, s, &err)) {
     set_error("hybrid_alloc_begin_capture: %s", err.c_str());
@@ -238,7 +238,7 @@ int Allocator::begin_capture(int device, uint64_t pool_id, Stream s) {
 int Allocator::end_capture(int device, uint64_t pool_id) {
   DeviceState* d = dev(device, "hybrid_alloc_end_capture");
   if (!d) return -1;
-  std::lock_guard<std::mutex> lk(d->mu);
+  std::lock_guard<DeviceLock> lk(d->mu);
   d->caching.end_capture(pool_id);
   return 0;
 }
@@ -246,7 +246,7 @@ int Allocator::end_capture(int device, uint64_t pool_id) {
 int Allocator::release_pool(int device, uint64_t pool_id) {
   DeviceState* d = dev(device, "hybrid_alloc_release_pool");
   if (!d) return -1;
-  std::lock_guard<std::mutex> lk(d->mu);
+  std::lock_guard<DeviceLock> lk(d->mu);
   std::string err;
   if (!d->caching.release_pool(pool_id, &err)) {
     set_error("hybrid_alloc_release_pool: %s", err.c_str());
@@ -260,7 +260,7 @@ int Allocator::release_pool(int device, uint64_t pool_id) {
 int Allocator::arena_reserve(int device, size_t bytes) {
   DeviceState* d = dev(device, "hybrid_alloc_arena_reserve");
   if (!d) return -1;
-  std::lock_guard<std::mutex> lk(d->mu);
+  std::lock_guard<DeviceLock> lk(d->mu);
   std::string err;
   if (!d->arena.reserve(bytes, &err)) {
     set_error("hybrid_alloc_arena_reserve(device %d, %s): %s", device, fmt_bytes(bytes).c_str(), err.c_str());
@@ -281,7 +281,7 @@ void* Allocator::slab_alloc(int device, size_t size, const char* name, const cha
       return nullptr;
     }
   }
-  std::lock_guard<std::mutex> lk(d->mu);
+  std::lock_guard<DeviceLock> lk(d->mu);
   std::string err;
   size_t align = alignment_.load(std::memory_order_relaxed);
   bool best = best_fit_.load(std::memory_order_relaxed);
@@ -309,7 +309,7 @@ int Allocator::slab_free(void* p) {
   for (int i = 0; i < ndev_; ++i) {
     DeviceState* d = existing(i);
     if (!d) continue;
-    std::lock_guard<std::mutex> lk(d->mu);
+    std::lock_guard<DeviceLock> lk(d->mu);
     Slab out;
     if (d->arena.free(p, &out)) {
       d->stats.on_free(Path::Arena, out.tag, out.size);
@@ -325,7 +325,7 @@ int Allocator::slab_free(void* p) {
 int Allocator::get_slab(int device, int index, hybrid_alloc_slab_info* out) {
   DeviceState* d = dev(device, "hybrid_alloc_get_slab");
   if (!d) return -1;
-  std::lock_guard<std::mutex> lk(d->mu);
+  std::lock_guard<DeviceLock> lk(d->mu);
   int n = 0, count = 0;
   for (auto& kv : d->arena.live())
     if (!kv.second.pending) ++count;
@@ -360,7 +360,7 @@ int Allocator::get_stats(int device, hybrid_alloc_stats* out) {
   }
   DeviceState* d = dev(device, "hybrid_alloc_get_stats");
   if (!d) return -1;
-  std::lock_guard<std::mutex> lk(d->mu);
+  std::lock_guard<DeviceLock> lk(d->mu);
   out->struct_size = sizeof(hybrid_alloc_stats);
   out->total = d->stats.total.to_c();
   out->arena = d->stats.arena.to_c();
@@ -377,7 +377,7 @@ int Allocator::get_stats(int device, hybrid_alloc_stats* out) {
 int Allocator::get_tag_stats(int device, int index, char* tag_out, size_t tag_out_size, hybrid_alloc_counter* out) {
   DeviceState* d = dev(device, "hybrid_alloc_get_tag_stats");
   if (!d) return -1;
-  std::lock_guard<std::mutex> lk(d->mu);
+  std::lock_guard<DeviceLock> lk(d->mu);
   int n = static_cast<int>(d->stats.seen.size());
   if (index < 0 || index >= n) return n;
   int id = d->stats.seen[index];
@@ -389,7 +389,7 @@ int Allocator::get_tag_stats(int device, int index, char* tag_out, size_t tag_ou
 int Allocator::reset_peak_stats(int device) {
   DeviceState* d = dev(device, "hybrid_alloc_reset_peak_stats");
   if (!d) return -1;
-  std::lock_guard<std::mutex> lk(d->mu);
+  std::lock_guard<DeviceLock> lk(d->mu);
   d->stats.reset_peaks();
   return 0;
 }
@@ -406,7 +406,7 @@ int64_t Allocator::trace_dump(const char* path) {
   for (int i = 0; i < ndev_; ++i) {
     DeviceState* d = existing(i);
     if (!d) continue;
-    std::lock_guard<std::mutex> lk(d->mu);
+    std::lock_guard<DeviceLock> lk(d->mu);
     d->trace.snapshot(&events);
     dropped += d->trace.dropped();
   }
@@ -425,7 +425,7 @@ void Allocator::trace_clear() {
   for (int i = 0; i < ndev_; ++i) {
     DeviceState* d = existing(i);
     if (!d) continue;
-    std::lock_guard<std::mutex> lk(d->mu);
+    std::lock_guard<DeviceLock> lk(d->mu);
     d->trace.clear();
   }
 }
@@ -435,7 +435,7 @@ uint64_t Allocator::trace_dropped() {
   for (int i = 0; i < ndev_; ++i) {
     DeviceState* d = existing(i);
     if (!d) continue;
-    std::lock_guard<std::mutex> lk(d->mu);
+    std::lock_guard<DeviceLock> lk(d->mu);
     n += d->trace.dropped();
   }
   return n;
@@ -494,7 +494,7 @@ int Allocator::configure(const char* key, const char* value) {
     for (int i = 0; i < ndev_; ++i) {
       DeviceState* d = existing(i);
       if (!d) continue;
-      std::lock_guard<std::mutex> lk(d->mu);
+      std::lock_guard<DeviceLock> lk(d->mu);
       update_limit(d);
     }
     return 0;
@@ -536,7 +536,7 @@ std::string Allocator::check() {
   for (int i = 0; i < ndev_; ++i) {
     DeviceState* d = existing(i);
     if (!d) continue;
-    std::lock_guard<std::mutex> lk(d->mu);
+    std::lock_guard<DeviceLock> lk(d->mu);
     std::string e = d->caching.check();
     if (!e.empty()) return "device " + std::to_string(i) + ": " + e;
     if (d->stats.caching.reserved != d->caching.reserved()) return "caching reserved stat mismatch";

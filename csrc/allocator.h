@@ -27,7 +27,7 @@ struct DeviceState {
     budget.backend = b;
     budget.device = device;
   }
-  std::mutex mu;
+  DeviceLock mu;
   Budget budget;
   DeviceStats stats;
   TraceRing trace;

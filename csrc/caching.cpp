@@ -74,26 +74,36 @@ void FreeList::remove(Block* b) {
   --count;
 }
 
+// O(1) in the common case (TLSF-style "good fit"): the head of the request's own bin if it fits, else
+// the head of the next non-empty bin (every block there fits); only when no larger bin has a block is the
+// own bin scanned (a block there may still fit).
 Block* FreeList::take(size_t size) {
   int bin = bin_of(size);
-  for (Block* b = heads[bin]; b; b = b->fnext)
+  Block* h = heads[bin];
+  if (h && h->size >= size) {
+    remove(h);
+    return h;
+  }
+  int from = bin + 1;
+  if (from < kBins) {
+    int w = from >> 6;
+    uint64_t m = bits[w] & (~0ull << (from & 63));
+    for (;;) {
+      if (m) {
+        Block* b = heads[w * 64 + __builtin_ctzll(m)];
+        remove(b);
+        return b;
+      }
+      if (++w == kBinWords) break;
+      m = bits[w];
+    }
+  }
+  for (Block* b = h; b; b = b->fnext)
     if (b->size >= size) {
       remove(b);
       return b;
     }
-  int from = bin + 1;
-  if (from >= kBins) return nullptr;
-  int w = from >> 6;
-  uint64_t m = bits[w] & (~0ull << (from & 63));
-  for (;;) {
-    if (m) {
-      Block* b = heads[w * 64 + __builtin_ctzll(m)];
-      remove(b);
-      return b;
-    }
-    if (++w == kBinWords) return nullptr;
-    m = bits[w];
-  }
+  return nullptr;
 }
 
 FreeList* PoolState::list(Stream s, bool small) {
@@ -374,7 +384,6 @@ void Caching::try_record(Block* b) {
 }
 
 void Caching::free(Block* b, Stream s) {
-  live_.erase(b->ptr);
   if (s != b->seg->stream) record_stream(b, s);
   bool has_uses = b->uses && !b->uses->empty();
   if (!has_uses && !captures_.empty() && b->seg->pool == &general_ && capturing(b->seg->stream)) {

@@ -115,7 +115,8 @@ class Caching {
   // size in (0, kMaxRequest]. nullptr + *err when no memory could be obtained.
   Block* malloc(size_t size, Stream s, int tag, std::string* err);
   Block* lookup(const void* p) const { return live_.find(p); }
-  void free(Block* b, Stream s);  // b from lookup(); the block leaves the live map at once
+  Block* take_live(const void* p) { return live_.erase(p); }  // removes from the live map (nullptr: unknown)
+  void free(Block* b, Stream s);  // b from take_live()
   void record_stream(Block* b, Stream s);
 
   bool capturing(Stream s) const;

@@ -5,6 +5,11 @@
 #include <cstring>
 #include <ctime>
 
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 namespace hybrid_alloc {
 
 namespace {
@@ -26,6 +31,26 @@ uint64_t now_ns() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
+}
+
+void DeviceLock::lock_slow() {
+  for (int i = 0; i < 64; ++i) {
+    int c = 0;
+    if (s_.load(std::memory_order_relaxed) == 0 && s_.compare_exchange_weak(c, 1, std::memory_order_acquire))
+      return;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+  int c = s_.exchange(2, std::memory_order_acquire);
+  while (c != 0) {
+    syscall(SYS_futex, reinterpret_cast<int*>(&s_), FUTEX_WAIT_PRIVATE, 2, nullptr, nullptr, 0);
+    c = s_.exchange(2, std::memory_order_acquire);
+  }
+}
+
+void DeviceLock::wake() {
+  syscall(SYS_futex, reinterpret_cast<int*>(&s_), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
 }
 
 std::string fmt_bytes(uint64_t b) {

@@ -1,6 +1,7 @@
 // Small shared helpers: rounding, the thread-local last error, clocks, byte formatting.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -18,7 +19,27 @@ void set_error_str(const std::string& msg);
 void clear_error();
 const char* last_error();
 
-uint64_t now_ns();                  // CLOCK_MONOTONIC
+uint64_t now_ns();
+
+// The per-device lock: a futex mutex (0 free, 1 locked, 2 locked with waiters; Drepper's "Futexes are
+// tricky" mutex 3) with a short spin. Cheaper than pthread_mutex_t in the uncontended hot path; its
+// ordering is plain acquire/release atomics, so TSan models it.
+class DeviceLock {
+ public:
+  void lock() {
+    int c = 0;
+    if (__builtin_expect(s_.compare_exchange_strong(c, 1, std::memory_order_acquire), 1)) return;
+    lock_slow();
+  }
+  void unlock() {
+    if (__builtin_expect(s_.exchange(0, std::memory_order_release) == 2, 0)) wake();
+  }
+
+ private:
+  void lock_slow();
+  void wake();
+  std::atomic<int> s_{0};
+};                  // CLOCK_MONOTONIC
 std::string fmt_bytes(uint64_t b);  // "1.50 MiB (1572864 B)"
 std::string fmt_ptr(const void* p);
 

@@ -126,6 +126,6 @@ void fuzz_run(uint32_t seed, int ops) {
 
 }  // namespace
 
-TEST(fuzz_seed_1) { fuzz_run(1, 20000); }
-TEST(fuzz_seed_2) { fuzz_run(0xC0FFEE, 20000); }
-TEST(fuzz_seed_3) { fuzz_run(424242, 20000); }
+TEST(fuzz_seed_1) { fuzz_run(1, 12000); }
+TEST(fuzz_seed_2) { fuzz_run(0xC0FFEE, 12000); }
+TEST(fuzz_seed_3) { fuzz_run(424242, 12000); }

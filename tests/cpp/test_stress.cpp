@@ -105,7 +105,7 @@ void worker(int id, int ops) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int ops = argc > 1 ? atoi(argv[1]) : 20000;
+  int ops = argc > 1 ? atoi(argv[1]) : 12000;
   if (hybrid_alloc_configure("backend", "host") != 0) return 2;
   hybrid_alloc_trace_enable(1, 4096);
   for (int d = 0; d < 2; ++d)
