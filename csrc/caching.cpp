@@ -6,6 +6,17 @@
 // free neighbours in their segment. Free blocks sit in segregated bins (4 per power of two) per
 // (pool, stream, small|large) with a bitmap of non-empty bins: O(1) to find a fitting bin.
 //
+// Why our own caching and not a delegation to cudaMallocAsync (cuMemAllocAsync + a pool with a high
+// release threshold): (1) every line runs and is tested on the host backend, where no stream-ordered pool
+// exists; (2) graph capture: PyTorch's begin/end_allocate_to_pool + release_pool contract maps 1:1 onto our
+// private pools, while cudaMallocAsync inside a capture creates graph memory nodes whose lifetime belongs
+// to the graph (different reuse rules, and PyTorch's own cudaMallocAsync backend has gaps there);
+// (3) one device budget shared with the slab arena: device_limit / memory fraction, OOM recovery that
+// trims cached segments and unmapped arena granules, and OOM messages that name both states; a driver pool
+// beside the arena would compete for memory blindly; (4) exact per-tag reserved attribution and pending
+// bytes need the pool's internals. The cost (fragmentation is ours to handle) is met the way PyTorch's
+// native allocator meets it: splitting/merging within segments, per-stream lists, empty_cache.
+//
 // INVARIANTS (check() verifies them; every test and the fuzz call it):
 //  I1. A segment belongs to exactly one pool and one stream; its blocks tile [base, base + size) in
 //      address order through prev/next, with no gap and no overlap.

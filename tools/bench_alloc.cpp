@@ -122,6 +122,15 @@ int main(int argc, char** argv) {
   } rows[] = {{"pair (mix)", &mix, false}, {"window (mix)", &mix, true}, {"window (small)", &small, true}};
   printf("backend %s, %zu steps x %d reps, median thread-CPU ns per malloc+free pair\n", hybrid_alloc_backend_name(), steps,
          reps);
+  {  // machine speed reference: glibc's tcache fast path (a 64 B pair is ~10-15 ns on a quiet modern core)
+    std::vector<double> cal;
+    for (int i = 0; i < reps; ++i) {
+      auto t0 = Clock::now();
+      for (size_t k = 0; k < steps; ++k) glibc_free(glibc_alloc(64), 64);
+      cal.push_back(elapsed_ns(t0, Clock::now()) / double(steps));
+    }
+    printf("calibration: glibc malloc(64)+free pair %.1f ns\n", median(cal));
+  }
   printf("%-16s %12s %14s %12s %12s\n", "workload", "hybrid_alloc", "+trace on", "glibc", "ours/glibc");
   for (const Row& r : rows) {
     std::vector<double> ours, traced, glibc;
