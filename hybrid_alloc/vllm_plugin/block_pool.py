@@ -1,0 +1,157 @@
+"""The scheduler's ordered free structure: attention takes the lowest free block ids, a state slot the
+highest free aligned run of ``k`` ids (slot ``s`` = block ids ``[s*k, (s+1)*k)``), so runs stay available.
+
+Replaces vLLM's ``FreeKVCacheBlockQueue`` (``vllm/v1/core/kv_cache_utils.py``), an LRU list that cannot
+answer "lowest id" or "highest free aligned run" without a scan, inside the one ``BlockPool`` that every
+group shares. Invariant: a block id is either free here or held by exactly one owner.
+
+Prefix caching ("align" mode, issue 7) will need cached-but-free blocks evicted LRU-first; this structure
+orders only by id, which is what "none" mode needs (no block is ever cached there).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+
+class FreeRuns:
+    """Free block ids ``0..num_blocks-1`` with lowest-id and highest-free-aligned-run queries.
+
+    Lazy heaps: entries are checked against ``free`` / ``run_free`` when popped and rebuilt when stale
+    entries outnumber live ones, so every operation is O(log n) amortised.
+    """
+
+    def __init__(self, num_blocks: int, k: int, free_ids) -> None:
+        assert k >= 1 and num_blocks >= 1
+        self.k = k
+        self.num_runs = num_blocks // k
+        self.free = bytearray(num_blocks)
+        self.run_free = [0] * self.num_runs  # free ids in each aligned run
+        self.num_free = 0
+        self.num_free_runs = 0
+        self._low: list[int] = []  # min-heap of ids, possibly stale
+        self._runs: list[int] = []  # max-heap (negated) of fully free runs, possibly stale
+        for i in free_ids:
+            self._mark_free(i)
+        self._rebuild()
+
+    def _mark_free(self, i: int) -> None:
+        assert not self.free[i], f"block {i} freed twice"
+        self.free[i] = 1
+        self.num_free += 1
+        s = i // self.k
+        if s < self.num_runs:
+            self.run_free[s] += 1
+            if self.run_free[s] == self.k:
+                self.num_free_runs += 1
+                heapq.heappush(self._runs, -s)
+
+    def _mark_taken(self, i: int) -> None:
+        assert self.free[i], f"block {i} is not free"
+        self.free[i] = 0
+        self.num_free -= 1
+        s = i // self.k
+        if s < self.num_runs:
+            if self.run_free[s] == self.k:
+                self.num_free_runs -= 1
+            self.run_free[s] -= 1
+
+    def _rebuild(self) -> None:
+        self._low = [i for i, f in enumerate(self.free) if f]  # sorted: already a heap
+        self._runs = [-s for s in range(self.num_runs - 1, -1, -1) if self.run_free[s] == self.k]
+
+    def _maybe_compact(self) -> None:
+        if len(self._low) > 2 * self.num_free + 64 or len(self._runs) > 2 * self.num_free_runs + 64:
+            self._rebuild()
+
+    def take_lowest(self, n: int) -> list[int]:
+        if n > self.num_free:
+            raise ValueError(f"cannot take {n} blocks: {self.num_free} free")
+        out = []
+        while len(out) < n:
+            i = heapq.heappop(self._low)
+            if self.free[i]:
+                self._mark_taken(i)
+                out.append(i)
+        return out
+
+    def take_run(self) -> int:
+        """Take the highest fully free aligned run; returns its slot id ``s``."""
+        if not self.num_free_runs:
+            raise ValueError("no free aligned run")
+        while True:
+            s = -heapq.heappop(self._runs)
+            if self.run_free[s] == self.k:
+                break
+        for i in range(s * self.k, (s + 1) * self.k):
+            self._mark_taken(i)
+        return s
+
+    def take(self, i: int) -> None:
+        """Take one specific free id (vLLM's ``remove``)."""
+        self._mark_taken(i)
+
+    def release(self, ids) -> None:
+        for i in ids:
+            self._mark_free(i)
+            heapq.heappush(self._low, i)
+        self._maybe_compact()
+
+    def free_ids(self) -> list[int]:
+        return [i for i, f in enumerate(self.free) if f]
+
+
+class OrderedFreeBlockQueue:
+    """``FreeKVCacheBlockQueue``'s interface as ``BlockPool`` uses it, over ``FreeRuns``."""
+
+    def __init__(self, blocks: list, k: int, free_blocks) -> None:
+        self.blocks = blocks  # BlockPool.blocks: blocks[i].block_id == i
+        self.runs = FreeRuns(len(blocks), k, (b.block_id for b in free_blocks))
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.runs.num_free
+
+    def popleft(self):
+        return self.popleft_n(1)[0]
+
+    def popleft_n(self, n: int) -> list:
+        return [self.blocks[i] for i in self.runs.take_lowest(n)]
+
+    def pop_run(self) -> tuple[int, list]:
+        """The highest free aligned run: (slot id, its ``k`` blocks)."""
+        s = self.runs.take_run()
+        k = self.runs.k
+        return s, self.blocks[s * k : (s + 1) * k]
+
+    @property
+    def num_free_runs(self) -> int:
+        return self.runs.num_free_runs
+
+    def remove(self, block) -> None:
+        self.runs.take(block.block_id)
+
+    def append(self, block) -> None:
+        self.runs.release([block.block_id])
+
+    def append_n(self, blocks) -> None:
+        self.runs.release([b.block_id for b in blocks])
+
+    prepend_n = append_n  # order among free blocks is by id, not by release time
+
+    def get_all_free_blocks(self) -> list:
+        return [self.blocks[i] for i in self.runs.free_ids()]
+
+
+def take_slot(block_pool) -> tuple[int, list]:
+    """Take the highest free aligned run from ``block_pool`` as ``BlockPool.get_new_blocks`` takes blocks
+    (0.32: block_pool.py:666): reuse watchers notified, reference counts and metrics updated."""
+    s, blocks = block_pool.free_block_queue.pop_run()
+    if block_pool._reuse_watchers:
+        block_pool._notify_reuse(blocks)
+    for block in blocks:
+        assert block.ref_cnt == 0
+        block.ref_cnt += 1
+        if block_pool.metrics_collector:
+            block_pool.metrics_collector.on_block_allocated(block)
+    return s, blocks

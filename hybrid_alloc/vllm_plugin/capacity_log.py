@@ -1,0 +1,76 @@
+"""The true capacity, logged once per engine, beside what stock vLLM would give on the same budget.
+
+``get_max_concurrency_for_kv_cache_config`` (``vllm/v1/core/kv_cache_utils.py``; 0.32: line 1195) counts
+one block per group per request; for the natural layout a state slot costs ``k`` blocks, so the reported
+capacity (``vllm:cache_config_info``, "Maximum concurrency") would be overstated without this patch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from vllm.utils.math_utils import cdiv
+from vllm.v1.kv_cache_interface import FullAttentionSpec, MambaSpec
+
+from . import log
+from .kv_groups import NaturalKVCacheConfig
+
+_original = None
+
+
+def _max_concurrency(vllm_config, kv_cache_config) -> float:
+    if isinstance(kv_cache_config, NaturalKVCacheConfig):
+        return kv_cache_config.num_blocks / kv_cache_config.blocks_per_request(vllm_config.model_config.max_model_len)
+    return _original(vllm_config, kv_cache_config)
+
+
+def stock_estimate(vllm_config, kv_cache_specs, available_memory, stock_get_kv_cache_configs) -> tuple[int, float]:
+    """(block size, max concurrency) of stock vLLM on the same budget, from vLLM's own planning functions
+    given the specs its ``_align_hybrid_block_size`` would have produced (inflated block, padded state)."""
+    from vllm.v1.core.kv_cache_utils import generate_scheduler_kv_cache_config
+
+    specs = [s for w in kv_cache_specs for s in w.values()]
+    attn = next(s for s in specs if isinstance(s, FullAttentionSpec))
+    per_token = attn.page_size_bytes // attn.block_size
+    state_page = max(s.page_size_bytes for s in specs if isinstance(s, MambaSpec))
+    # _align_hybrid_block_size: the platform's block size (128 on CPU) raised in kernel-block steps
+    base = max(attn.block_size, vllm_config.cache_config.block_size)
+    block = base * cdiv(state_page, base * per_token)
+
+    def inflate(spec):
+        if isinstance(spec, FullAttentionSpec):
+            return replace(spec, block_size=block)
+        padded = block * per_token
+        return replace(spec, page_size_padded=None if padded == spec.page_size_bytes else padded)
+
+    stock_specs = [{n: inflate(s) for n, s in w.items()} for w in kv_cache_specs]
+    try:
+        configs = stock_get_kv_cache_configs(vllm_config, stock_specs, list(available_memory))
+    except ValueError:  # stock cannot fit one request of max_model_len
+        return block, 0.0
+    return block, _original(vllm_config, generate_scheduler_kv_cache_config(configs))
+
+
+def log_capacity(vllm_config, configs: list[NaturalKVCacheConfig], stock: tuple[int, float]) -> None:
+    c = configs[0]
+    max_len = vllm_config.model_config.max_model_len
+    log.once(
+        f"hybrid-alloc: {c.num_blocks} blocks x {c.block_size} tokens; a state slot = {c.slot_blocks} blocks; "
+        f"max concurrency at {max_len} tokens: {_max_concurrency(vllm_config, c):.2f}; "
+        f"stock vLLM: block size {stock[0]}, {stock[1]:.2f}"
+    )
+    for stage, config in enumerate(configs):
+        layers = [len(g.layer_names) for g in config.kv_cache_groups]
+        log.once(
+            f"hybrid-alloc: stage {stage}: {config.kv_cache_tensors[0].size} bytes of KV cache "
+            f"({layers[-1]} attention layers, {sum(layers[:-1])} state layers)"
+        )
+
+
+def patch() -> None:
+    global _original
+    from vllm.v1.core import kv_cache_utils
+
+    if _original is None:
+        _original = kv_cache_utils.get_max_concurrency_for_kv_cache_config
+        kv_cache_utils.get_max_concurrency_for_kv_cache_config = _max_concurrency

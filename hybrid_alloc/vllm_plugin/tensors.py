@@ -1,0 +1,70 @@
+"""The worker side: one KV cache buffer, from the allocator, viewed per layer by vLLM's own helper.
+
+Replaces ``allocate_kv_cache`` (``vllm/v1/worker/utils.py``; 0.32: line 564, imported by name in
+``vllm/v1/worker/gpu_model_runner.py``, which the CPU model runner inherits) for natural configs only:
+the same loop over ``KVCacheTensor``s through ``create_kv_cache_views``, with the block count of each
+tensor from ``NaturalKVCacheConfig.num_blocks_of`` (slots for state layers). The buffer is zeroed, as
+stock's ``torch.zeros`` is; afterwards vLLM zeroes newly allocated attention blocks itself
+(``needs_kv_cache_zeroing``), which covers attention blocks that last held state slots.
+"""
+
+from __future__ import annotations
+
+from . import log
+from .kv_groups import NaturalKVCacheConfig
+
+_original = None
+
+
+def _buffer(size: int, device):
+    """(int8 buffer of ``size`` zero bytes, where it came from)."""
+    import torch
+
+    if device.type == "cpu":
+        try:
+            from hybrid_alloc import allocator
+
+            if allocator.backend_name() == "host":
+                buf = allocator.host_tensor(size, name="kv_cache", tag="kv_cache", dtype=torch.int8)
+                return buf.zero_(), "hybrid-alloc host slab"
+        except ImportError as e:  # the C++ library is not built: say so, keep running
+            log.once(f"hybrid-alloc: allocator unavailable ({e}); KV cache from torch.zeros")
+    # CUDA: the MemPool path (allocator.use("kv_cache")) is not wired yet.
+    return torch.zeros(size, dtype=torch.int8, device=device), "torch.zeros"
+
+
+def _allocate_kv_cache(kv_cache_config, device, layout, kernel_block_sizes=None):
+    if not isinstance(kv_cache_config, NaturalKVCacheConfig):
+        return _original(kv_cache_config, device, layout, kernel_block_sizes)
+    from vllm.v1.kv_cache_interface import create_kv_cache_views
+
+    sizes = {t.size for t in kv_cache_config.kv_cache_tensors}
+    assert len(sizes) == 1, "KV cache tensors must share one backing allocation"
+    buf, source = _buffer(sizes.pop(), device)
+    group_of = {name: gid for gid, g in enumerate(kv_cache_config.kv_cache_groups) for name in g.layer_names}
+    kv_caches = {}
+    for tensor in kv_cache_config.kv_cache_tensors:
+        gid = group_of[tensor.layers[0]]
+        kernel = kernel_block_sizes[gid] if kernel_block_sizes is not None and gid < len(kernel_block_sizes) else None
+        views = create_kv_cache_views(
+            buf,
+            kv_cache_config.kv_cache_groups[gid].kv_cache_spec,
+            kv_cache_config.num_blocks_of(tensor),
+            layout,
+            tensor,
+            kernel_block_size=kernel,
+        )
+        kv_caches.update(zip(tensor.layers, views))
+    names = sorted(kv_caches)
+    log.once(f"hybrid-alloc: KV cache allocated: {buf.nbytes} bytes for {names[0]} .. {names[-1]} ({source})")
+    return kv_caches
+
+
+def patch() -> None:
+    global _original
+    from vllm.v1.worker import gpu_model_runner, utils
+
+    if _original is None:
+        _original = utils.allocate_kv_cache
+        utils.allocate_kv_cache = _allocate_kv_cache
+        gpu_model_runner.allocate_kv_cache = _allocate_kv_cache  # imported by name there

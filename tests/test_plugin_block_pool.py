@@ -1,0 +1,115 @@
+"""The plugin's ordered free structure, against a reference model (no vLLM needed)."""
+
+import random
+
+import pytest
+
+from hybrid_alloc.vllm_plugin.block_pool import FreeRuns, OrderedFreeBlockQueue
+
+
+class Reference:
+    """Obvious O(n) model: a set of free ids."""
+
+    def __init__(self, num_blocks, k, free):
+        self.n, self.k, self.free = num_blocks, k, set(free)
+
+    def take_lowest(self, n):
+        out = sorted(self.free)[:n]
+        self.free -= set(out)
+        return out
+
+    def runs(self):
+        return [s for s in range(self.n // self.k) if all(i in self.free for i in range(s * self.k, (s + 1) * self.k))]
+
+    def take_run(self):
+        s = max(self.runs())
+        self.free -= set(range(s * self.k, (s + 1) * self.k))
+        return s
+
+
+def test_lowest_first_and_highest_run():
+    f = FreeRuns(10, 3, range(1, 10))  # block 0 held (vLLM's null block); runs 0..2, run 3 incomplete
+    assert f.num_free_runs == 2  # runs 1 and 2; run 0 holds block 0
+    assert f.take_run() == 2
+    assert f.take_lowest(2) == [1, 2]
+    assert f.num_free_runs == 1
+    assert f.take_run() == 1
+    assert f.num_free_runs == 0
+    with pytest.raises(ValueError):
+        f.take_run()
+    assert f.free_ids() == [9]  # the tail id beyond the last whole run serves attention only
+    f.release([3, 4, 5])
+    assert f.take_run() == 1
+
+
+def test_double_free_and_taking_a_taken_block_fail():
+    f = FreeRuns(8, 2, range(8))
+    f.take_lowest(1)
+    f.release([0])
+    with pytest.raises(AssertionError):
+        f.release([0])
+    f.take(5)
+    with pytest.raises(AssertionError):
+        f.take(5)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fuzz_against_reference_and_single_owner(seed):
+    rng = random.Random(seed)
+    n, k = rng.randint(8, 200), rng.randint(1, 9)
+    f, ref = FreeRuns(n, k, range(1, n)), Reference(n, k, range(1, n))
+    owner = {0: "null"}  # block id -> the one request holding it
+    held = {}  # request -> list of ids
+    for step in range(2000):
+        op = rng.random()
+        if op < 0.45:  # a request takes attention blocks
+            want = rng.randint(1, 6)
+            if want > f.num_free:
+                with pytest.raises(ValueError):
+                    f.take_lowest(want)
+                continue
+            got = f.take_lowest(want)
+            assert got == ref.take_lowest(want)
+            req = f"a{step}"
+        elif op < 0.7:  # a request takes a state slot
+            assert f.num_free_runs == len(ref.runs())
+            if not f.num_free_runs:
+                continue
+            s = f.take_run()
+            assert s == ref.take_run()
+            got, req = list(range(s * k, (s + 1) * k)), f"s{step}"
+        else:  # a request finishes
+            if not held:
+                continue
+            req = rng.choice(sorted(held))
+            ids = held.pop(req)
+            for i in ids:
+                assert owner.pop(i) == req
+            f.release(ids)
+            ref.free |= set(ids)
+            continue
+        for i in got:
+            assert i not in owner, f"block {i} would serve {owner.get(i)} and {req}"
+            owner[i] = req
+        held[req] = got
+        assert f.num_free == len(ref.free) == n - len(owner)
+        assert f.free_ids() == sorted(ref.free)
+
+
+class Block:
+    def __init__(self, i):
+        self.block_id = i
+
+
+def test_queue_adapter_keeps_block_objects():
+    blocks = [Block(i) for i in range(12)]
+    q = OrderedFreeBlockQueue(blocks, 4, blocks[1:])
+    assert q.num_free_blocks == 11 and q.num_free_runs == 2
+    s, run = q.pop_run()
+    assert s == 2 and run == blocks[8:12]
+    assert q.popleft() is blocks[1]
+    q.remove(blocks[5])
+    assert [b.block_id for b in q.get_all_free_blocks()] == [2, 3, 4, 6, 7]
+    q.prepend_n([blocks[5], blocks[1]])
+    q.append_n(run)
+    assert q.num_free_blocks == 11 and q.num_free_runs == 2
