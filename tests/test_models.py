@@ -226,3 +226,10 @@ def test_nemotron_layer_list_wins_over_legacy_pattern(tmp_path: Path):
         "layers_block_type": ["mamba", "attention", "mlp"]}
     layout = load_layout(str(write_config(tmp_path, data)))
     assert layout.num_decoder_layers == 3 and [layer.kind for layer in layout.layers] == ["mamba2", "attention"]
+
+
+def test_short_layer_list_is_an_error(tmp_path: Path):
+    data = raw(CONFIG_DIR / bundled_models()["qwen3.5-9b"])
+    data = data | {"layer_types": data["layer_types"][:-1]}
+    with pytest.raises(ModelConfigError, match="'layer_types' lists 31 layers, fewer than 32"):
+        load_layout(str(write_config(tmp_path, data)))

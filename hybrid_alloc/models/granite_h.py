@@ -21,8 +21,8 @@ def build(ctx: Context) -> FamilyLayout:
     n = cfg.int("num_hidden_layers", 32)
     hidden = cfg.int("hidden_size", 4096)
     field = "layer_types" if cfg.has("layer_types") else "layers_block_type"
-    types = cfg.layer_types(field, ["linear_attention"] * n)
-    if len(types) < n or not set(types) <= {"linear_attention", "full_attention"}:
+    types = cfg.layer_types(field, ["linear_attention"] * n, length=n)
+    if not set(types) <= {"linear_attention", "full_attention"}:
         raise ModelConfigError(f"{cfg.source}: {field} must list {n} entries of mamba/attention")
 
     heads = cfg.int("num_attention_heads", 32)

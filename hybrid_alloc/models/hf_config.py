@@ -102,10 +102,13 @@ class HFConfig:
             raise ModelConfigError(f"{self.source}: field {field!r} must be an integer, got {value!r}")
         return value
 
-    def layer_types(self, field: str, default: list[str] | None = None) -> list[str]:
+    def layer_types(self, field: str, default: list[str] | None = None, length: int | None = None) -> list[str]:
+        """A per-layer type list, legacy names remapped; at least ``length`` entries when given."""
         value = self.get(field, default)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ModelConfigError(f"{self.source}: field {field!r} must be a list of strings")
+        if length is not None and len(value) < length:
+            raise ModelConfigError(f"{self.source}: field {field!r} lists {len(value)} layers, fewer than {length}")
         return [_LEGACY_LAYER_TYPES.get(v, v) for v in value]
 
     def config_dtype(self) -> str:

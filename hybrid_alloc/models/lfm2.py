@@ -34,7 +34,7 @@ def build(ctx: Context) -> FamilyLayout:
     n = cfg.int("num_hidden_layers", 32)
     hidden = cfg.int("hidden_size", 2560)
     if cfg.has("layer_types"):
-        types = cfg.layer_types("layer_types")
+        types = cfg.layer_types("layer_types", length=n)
     else:
         full = set(cfg.get("full_attn_idxs", list(range(n))))
         types = ["full_attention" if i in full else "conv" for i in range(n)]

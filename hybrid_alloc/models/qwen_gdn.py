@@ -24,7 +24,7 @@ _NESTED_ARCHS = ("Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGen
 def _layer_types(ctx: Context, n: int) -> list[str]:
     cfg = ctx.cfg
     if cfg.has("layer_types"):
-        return cfg.layer_types("layer_types")
+        return cfg.layer_types("layer_types", length=n)
     interval = cfg.int("full_attention_interval", 4)
     return ["linear_attention" if (i + 1) % interval else "full_attention" for i in range(n)]
 
