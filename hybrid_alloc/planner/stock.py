@@ -409,7 +409,7 @@ def plan_stock(layout: ModelLayout, settings: Settings, stage_budgets: list[int]
     hw = get_hardware(settings.hardware)
     rules = VERSIONS[settings.vllm_version]
     mode = settings.mamba_cache_mode
-    cache_dtype = layout.dtype if settings.kv_cache_dtype == "auto" else settings.kv_cache_dtype
+    cache_dtype = layout.resolve_kv_cache_dtype(settings.kv_cache_dtype)  # the checkpoint may pin fp8
     dtype_bytes(cache_dtype)  # validates the name
     max_model_len = settings.max_model_len or layout.max_position_embeddings
 
