@@ -72,9 +72,12 @@ def stage_budgets(layout: ModelLayout, settings: Settings, hardware: HardwarePro
     for budget in budgets:
         if budget.bytes <= 0:
             detail = ", ".join(f"{line.label} {line.bytes / GiB:+.2f} GiB" for line in budget.lines)
+            # A weight estimate built on config-class defaults can be far off: say so in the same line.
+            defaults = [note for note in layout.notes if note.startswith("absent from the config")]
+            caveat = f" (weights estimated with fields {defaults[0]})" if defaults else ""
             raise UserError(
                 f"no memory left for the KV cache on pipeline stage {budget.stage}: {detail} = "
-                f"{budget.bytes / GiB:.2f} GiB; raise --gpu-memory-utilization, --pp or --tp, "
+                f"{budget.bytes / GiB:.2f} GiB{caveat}; raise --gpu-memory-utilization, --pp or --tp, "
                 "or pin the budget with --kv-cache-memory"
             )
     return budgets
