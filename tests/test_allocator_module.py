@@ -270,7 +270,8 @@ def test_missing_library_message(tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k != "HYBRID_ALLOC_LIBRARY"}
     env["PYTHONPATH"] = str(tmp_path)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    # -S: no site-packages, so an installed hybrid-alloc cannot stand in for the missing build.
+    r = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     out = r.stdout.splitlines()
     assert out[0].startswith("ERR libhybrid_alloc.so not found") and "pip install ." in out[0]
