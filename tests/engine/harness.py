@@ -32,9 +32,7 @@ def entry_point_dir(root: str) -> str:
 
 @dataclass
 class Run:
-    tokens: list
-    steps: int
-    preemptions: int
+    workloads: list  # per workload: {"tokens": [...], "steps": n, "preemptions": n}
     cache_config_info: dict
     log: list = field(default_factory=list)  # the plugin's log lines ("hybrid-alloc: ...")
 

