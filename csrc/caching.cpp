@@ -416,7 +416,8 @@ void Caching::free(Block* b, Stream s) {
   try_record(b);
 }
 
-void Caching::process_events() {
+// Destroys every completed event and finalizes the blocks whose last pending event it was.
+void Caching::reap_done_events() {
   for (size_t i = 0; i < pending_.size();) {
     PendingEvent pe = pending_[i];
     if (budget_->backend->event_done(pe.ev)) {
@@ -429,23 +430,16 @@ void Caching::process_events() {
       ++i;
     }
   }
+}
+
+void Caching::process_events() {
+  reap_done_events();
   if (captures_.empty() && !deferred_.empty()) {
     std::vector<Block*> todo;
     todo.swap(deferred_);
     for (Block* b : todo) try_record(b);
     // A block whose events were all recorded earlier and are done is finalized by the next pass.
-    for (size_t i = 0; i < pending_.size();) {
-      PendingEvent pe = pending_[i];
-      if (budget_->backend->event_done(pe.ev)) {
-        budget_->backend->destroy_event(pe.ev);
-        pending_[i] = pending_.back();
-        pending_.pop_back();
-        Block* b = pe.block;
-        if (--b->pending == 0 && b->state == BlockState::Pending) finalize(b, true);
-      } else {
-        ++i;
-      }
-    }
+    reap_done_events();
   }
 }
 

@@ -125,6 +125,7 @@ class Caching {
   bool release_pool(uint64_t pool_id, std::string* err);
 
   void process_events();
+  void reap_done_events();
   size_t release_cached();  // frees whole free segments of the general pool; returns bytes
 
   size_t segments() const { return nsegments_; }
