@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 JOBS   ?= $(shell nproc)
 
-.PHONY: demo test install engine-install cpp-test cpp-bench py-test clean
+.PHONY: demo test install test-install engine-install cpp-test cpp-bench py-test clean
 
 # One local environment. `demo` needs only the package; `test` adds CPU torch and the vLLM 0.33 planning
 # code (installed with --no-deps), the reference the parity tests compare against.
@@ -31,8 +31,13 @@ $(ENGINE_VENV)/.deps: tests/requirements-engine.txt
 install: | $(PY)
 	$(PIP) install .
 
+# The same, after the test dependencies (never two pip runs in one environment at once).
+test-install: $(VENV)/.test-deps
+	$(PIP) install .
+
 # The engine interpreter imports hybrid_alloc (plugin, allocator library) from its own site-packages.
-engine-install: $(ENGINE_VENV)/.deps
+# After test-install: both builds share scikit-build-core's build directory.
+engine-install: test-install $(ENGINE_VENV)/.deps
 	$(ENGINE_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps .
 
 demo: install
@@ -54,11 +59,13 @@ cpp-bench:
 	build/release/bench_alloc
 
 # pytest exit code 5 = "no tests collected": an error here, never a silent pass.
-py-test: $(VENV)/.test-deps install engine-install
+py-test: test-install engine-install
 	HYBRID_ALLOC_ENGINE_PYTHON=$(CURDIR)/$(ENGINE_VENV)/bin/python $(PY) -m pytest -q -ra; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-test: cpp-test py-test
+# The C++ builds, the two environments and their installs run side by side (-j3).
+test:
+	$(MAKE) -j3 cpp-test py-test
 
 clean:
 	rm -rf $(VENV) $(ENGINE_VENV) build

