@@ -7,6 +7,7 @@ import os
 import re
 import sys
 
+from hybrid_alloc import validate, verify
 from hybrid_alloc.errors import UserError
 from hybrid_alloc.planner.settings import KV_CACHE_DTYPES, SUPPORTED_VLLM_VERSIONS, Settings
 
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--json", action="store_true", help="print the trace as JSON")
     trace.add_argument("--plot", metavar="FILE.png", help="write stacked bars of where the bytes go")
     trace.set_defaults(handler=run_trace_command)
+    verify.add_parser(commands)
+    validate.add_parser(commands)
     return parser
 
 
