@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--vllm-version", choices=SUPPORTED_VLLM_VERSIONS, default=SUPPORTED_VLLM_VERSIONS[0])
     trace.add_argument("--json", action="store_true", help="print the trace as JSON")
     trace.add_argument("--plot", metavar="FILE.png", help="write stacked bars of where the bytes go")
+    trace.add_argument(
+        "--from", dest="from_file", metavar="TRACE.jsonl",
+        help="instead: report a recorded allocation trace (HYBRID_ALLOC_TRACE=path); --json, --plot, --top apply",
+    )
+    trace.add_argument("--top", type=_number(int, 1), default=10, help="with --from: the N largest allocations")
     trace.set_defaults(handler=run_trace_command)
     verify.add_parser(commands)
     validate.add_parser(commands)
@@ -118,6 +123,12 @@ def trace_settings(args: argparse.Namespace) -> Settings:
 
 
 def run_trace_command(args: argparse.Namespace) -> None:
+    if args.from_file:
+        if args.model:
+            raise UserError("trace: give either MODEL or --from TRACE.jsonl, not both")
+        from hybrid_alloc.alloc_trace import run
+
+        return run(args.from_file, args.top, args.json, args.plot)
     from hybrid_alloc.planner.trace import run_trace
     from hybrid_alloc.report import json_report, render
 

@@ -1,0 +1,37 @@
+"""Bytes live per tag over time, one line per tag (the most live in each interval), as a PNG.
+matplotlib is imported here only, and only with --plot."""
+
+from __future__ import annotations
+
+from hybrid_alloc.alloc_trace.summary import Summary
+from hybrid_alloc.errors import UserError
+
+
+def write_plot(summary: Summary, path: str) -> None:
+    try:
+        out = open(path, "wb")  # before the slow matplotlib import: a bad path fails at once
+    except OSError as error:
+        raise UserError(f"--plot {path}: cannot write the file ({error.strerror})") from None
+    with out:
+        _draw(summary, out)
+
+
+def _draw(s: Summary, out) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mib = float(1 << 20)
+    seconds = [t / 1e9 for t in s.timeline_t_ns]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for tag, st in s.tags_by_peak():
+        ax.step(seconds, [v / mib for v in s.timeline[st.index]], where="post",
+                label=f"{tag} (peak {st.peak / mib:,.1f} MiB)")
+    ax.set_xlabel("seconds since the first event")
+    ax.set_ylabel("MiB live (most in each interval)")
+    ax.set_title(f"{s.path}: bytes live per tag, {s.events:,} events", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.92, bottom=0.12)  # tight_layout: slow
+    fig.savefig(out, format="png", dpi=120)
+    plt.close(fig)
