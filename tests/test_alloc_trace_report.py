@@ -81,7 +81,7 @@ def test_peaks_live_and_counts(recorded):
     assert s.largest[0].lifetime_ns == kv_free["t_ns"] - kv_alloc["t_ns"]
 
 
-def test_frees_whose_alloc_the_ring_dropped(tmp_path):
+def test_frees_whose_alloc_the_ring_dropped(tmp_path, capsys):
     core = allocator.core()
     path = str(tmp_path / "small_ring.jsonl")
     allocator.trace_enable(True, 4)  # keeps the last 4 events: free p2, alloc p4, free p3, free p4
@@ -99,6 +99,8 @@ def test_frees_whose_alloc_the_ring_dropped(tmp_path):
     s = summarize(path)
     assert (s.unmatched_frees, s.unmatched_free_bytes, s.header["dropped"]) == (2, 5 * MiB, 4)
     assert (s.tags["ta_ring"].peak, s.total.live, s.live_at_end) == (5 * MiB, 0, 0)
+    code, out, _ = _run(capsys, "--from", path)
+    assert code == 0 and "2 frees (5.00 MiB) have no alloc in the trace" in " ".join(out.split())
 
 
 def test_table(recorded, capsys):
@@ -160,7 +162,7 @@ def _copy_with(recorded, tmp_path, line_no, text):
         (lambda rec, tmp: _copy_with(rec, tmp, 4, json.dumps({**_events(rec)[2], "op": "realloc"})),
          ":4: unknown op 'realloc'"),
         (lambda rec, tmp: _copy_with(rec, tmp, 2, json.dumps({**_events(rec)[0], "size": "1"})),
-         ":2: t_ns and size must be integers"),
+         ":2: t_ns, size and device must be integers"),
     ],
     ids=["missing", "empty", "header-only", "not-json", "lacks-field", "unknown-op", "size-not-int"],
 )

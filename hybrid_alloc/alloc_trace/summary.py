@@ -100,15 +100,14 @@ def _summarize(lines, path: str, top: int) -> Summary:
     streams, devices = set(), set()
     unmatched = unmatched_bytes = 0
     t0 = t1 = None
-    smallest_kept = -1  # a finished allocation must be larger to enter the heap
     # Timeline: after every alloc/free, the tag's row and its bytes live.
     ts, rows, values = array("q"), array("l"), array("q")
 
-    def keep(size, n, a, t_free):
+    def keep(a, t_free, n):  # a: the live[] tuple; t_free None: live at the end; n: a unique tiebreak
         if len(heap) < top:
-            heapq.heappush(heap, (size, n, a, t_free))
-        else:
-            heapq.heapreplace(heap, (size, n, a, t_free))
+            heapq.heappush(heap, (a[0], n, a, t_free))
+        elif a[0] > heap[0][0]:
+            heapq.heapreplace(heap, (a[0], n, a, t_free))
 
     for n, line in enumerate(lines, 1):
         fast = dumped(line)
@@ -131,8 +130,8 @@ def _summarize(lines, path: str, top: int) -> Summary:
                 t, op, device, stream, ptr, size, tag = (rec[k] for k in FIELDS)
             except KeyError as error:
                 raise UserError(f"{path}:{n}: the event lacks the field {error.args[0]!r}") from None
-            if type(t) is not int or type(size) is not int:
-                raise UserError(f"{path}:{n}: t_ns and size must be integers")
+            if type(t) is not int or type(size) is not int or type(device) is not int:
+                raise UserError(f"{path}:{n}: t_ns, size and device must be integers")
         if op not in ops:
             raise UserError(f"{path}:{n}: unknown op {op!r} (expected one of {', '.join(OPS)})")
         ops[op] += 1
@@ -161,9 +160,7 @@ def _summarize(lines, path: str, top: int) -> Summary:
             st = tags[a[1]]
             st.live -= size
             total.live -= size
-            if size > smallest_kept:
-                keep(size, n, a, t)
-                smallest_kept = heap[0][0] if len(heap) == top else -1
+            keep(a, t, n)
         else:
             continue  # oom: counted only
         if st.live > st.peak:
@@ -176,9 +173,8 @@ def _summarize(lines, path: str, top: int) -> Summary:
 
     if t0 is None:
         raise UserError(f"{path}: the trace holds no events")
-    for n, a in enumerate(live.values()):
-        if len(heap) < top or a[0] > heap[0][0]:
-            keep(a[0], -n, a, None)
+    for n, a in enumerate(live.values(), 1):
+        keep(a, None, -n)
     summary = Summary(
         path=path, header=header, ops=ops, unmatched_frees=unmatched, unmatched_free_bytes=unmatched_bytes,
         live_at_end=len(live), devices=sorted(devices), streams=len(streams), t0_ns=t0, t1_ns=t1, tags=tags,
