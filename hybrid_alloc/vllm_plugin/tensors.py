@@ -10,7 +10,7 @@ stock's ``torch.zeros`` is; afterwards vLLM zeroes newly allocated attention blo
 
 from __future__ import annotations
 
-from . import log
+from . import log, startup_report
 from .kv_groups import NaturalKVCacheConfig
 
 _original = None
@@ -57,6 +57,7 @@ def _allocate_kv_cache(kv_cache_config, device, layout, kernel_block_sizes=None)
         kv_caches.update(zip(tensor.layers, views))
     names = sorted(kv_caches)
     log.once(f"hybrid-alloc: KV cache allocated: {buf.nbytes} bytes for {names[0]} .. {names[-1]} ({source})")
+    startup_report.write(kv_cache_config, device)
     return kv_caches
 
 

@@ -35,15 +35,17 @@ class Run:
     workloads: list  # per workload: {"tokens": [...], "steps": n, "preemptions": n}
     cache_config_info: dict
     log: list = field(default_factory=list)  # the plugin's log lines ("hybrid-alloc: ...")
+    report_dir: str | None = None  # plugin runs: HYBRID_ALLOC_REPORT_DIR (the workers' startup reports)
 
     def lines(self, text: str) -> list[str]:
         return [line for line in self.log if text in line]
 
 
-def _env(root: str, plugin: bool, extra: dict | None) -> dict:
+def _env(root: str, plugin: bool, report_dir: str, extra: dict | None) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([REPO, entry_point_dir(root)])
     env["HYBRID_ALLOC"] = "1" if plugin else "0"
+    env["HYBRID_ALLOC_REPORT_DIR"] = report_dir
     env.update(extra or {})
     return env
 
@@ -58,13 +60,14 @@ def run(root: str, spec: dict, plugin: bool, env: dict | None = None, timeout: i
     path = os.path.join(root, f"spec-{os.getpid()}-{len(os.listdir(root))}.json")
     with open(path, "w") as f:
         json.dump(spec, f)
+    report_dir = path[: -len(".json")] + "-reports"
     proc = subprocess.run(
         [ENGINE_PYTHON, os.path.join(HERE, "run_engine.py"), path],
-        capture_output=True, text=True, timeout=timeout, env=_env(root, plugin, env), cwd=root,
+        capture_output=True, text=True, timeout=timeout, env=_env(root, plugin, report_dir, env), cwd=root,
     )
     out = proc.stdout + proc.stderr
     result = [line for line in out.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not result:
         raise AssertionError(f"engine failed (rc {proc.returncode}):\n{out[-6000:]}")
     log = [line[line.index("hybrid-alloc:"):] for line in out.splitlines() if "hybrid-alloc:" in line]
-    return Run(**json.loads(result[-1][len("RESULT "):]), log=log)
+    return Run(**json.loads(result[-1][len("RESULT "):]), log=log, report_dir=report_dir if plugin else None)

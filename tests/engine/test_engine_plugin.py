@@ -13,6 +13,8 @@ import pytest
 
 from harness import run
 
+from hybrid_alloc.reconcile import load_report
+
 pytestmark = pytest.mark.engine
 
 BUDGET = 4_000_000  # kv_cache_memory_bytes: small enough that capacity decides the schedule
@@ -61,9 +63,9 @@ def test_mamba2_tokens_identical(mamba2):
     assert identical(stock, plugin) == (28, 28)
 
 
-def test_mamba2_natural_block_size_and_slot(mamba2, model):
-    stock, plugin = mamba2
-    cfg = json.load(open(os.path.join(model("mamba2"), "config.json")))
+def natural_plan(model_dir: str) -> tuple[int, int, int]:
+    """(state slot in blocks, block count, KV bytes) of the float32 natural plan, from the model's config."""
+    cfg = json.load(open(os.path.join(model_dir, "config.json")))
     attn_page = 32 * cfg["num_key_value_heads"] * cfg["head_dim"] * 2 * 4  # K and V, float32, 32-token block
     conv = (cfg["conv_kernel"] - 1) * (cfg["expand"] * cfg["hidden_size"] + 2 * cfg["n_groups"] * cfg["ssm_state_size"]) * 4
     ssm = cfg["mamba_num_heads"] * cfg["mamba_head_dim"] * cfg["ssm_state_size"] * 4
@@ -71,11 +73,33 @@ def test_mamba2_natural_block_size_and_slot(mamba2, model):
     n_attn, n_state = kinds.count("full_attention"), kinds.count("linear_attention")
     k = -(-(n_state // n_attn) * (conv + ssm) // attn_page)
     blocks = BUDGET // (n_attn * attn_page)
+    return k, blocks, blocks * n_attn * attn_page
+
+
+def test_mamba2_natural_block_size_and_slot(mamba2, model):
+    stock, plugin = mamba2
+    k, blocks, kv_bytes = natural_plan(model("mamba2"))
     assert plugin.cache_config_info["block_size"] == "32" and plugin.cache_config_info["num_gpu_blocks"] == str(blocks)
     assert plugin.lines(f"hybrid-alloc: {blocks} blocks x 32 tokens; a state slot = {k} blocks")
     # The bytes the allocator handed out for the KV cache = the natural plan, to the byte.
-    assert plugin.lines(f"KV cache allocated: {blocks * n_attn * attn_page} bytes") and plugin.lines("host slab")
+    assert plugin.lines(f"KV cache allocated: {kv_bytes} bytes") and plugin.lines("host slab")
     assert int(stock.cache_config_info["block_size"]) > 32
+
+
+def test_mamba2_startup_report(mamba2, model):
+    plugin = mamba2[1]
+    kv_bytes = natural_plan(model("mamba2"))[2]
+    (name,) = os.listdir(plugin.report_dir)
+    path = os.path.join(plugin.report_dir, name)
+    report = load_report(path)  # the schema `hybrid-alloc verify --report` reads
+    assert report.plan_tags == report.allocator_tags == {"kv_cache": kv_bytes} and report.budget.kv_cache == kv_bytes
+    data = json.load(open(path))
+    assert data["nvml"]["available"] is False and data["nvml"]["reason"] and data["reconciliation"] is None
+    assert data["allocator_kv_cache"]["current"] == kv_bytes and data["device"] == "cpu"
+    assert plugin.lines("startup report") == [
+        f"hybrid-alloc: startup report (PP 0, TP 0): KV {kv_bytes:,} B allocated = plan; "
+        f"NVML unavailable ({data['nvml']['reason']}); wrote {path}"
+    ]
 
 
 def test_mamba2_capacity(mamba2):
