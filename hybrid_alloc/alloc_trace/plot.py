@@ -1,27 +1,17 @@
 """Bytes live per tag over time, one line per tag (the most live in each interval), as a PNG.
-matplotlib is imported here only, and only with --plot."""
+Drawn through report.png.write_png (matplotlib only with --plot)."""
 
 from __future__ import annotations
 
 from hybrid_alloc.alloc_trace.summary import Summary
-from hybrid_alloc.errors import UserError
+from hybrid_alloc.report.png import write_png
 
 
 def write_plot(summary: Summary, path: str) -> None:
-    try:
-        out = open(path, "wb")  # before the slow matplotlib import: a bad path fails at once
-    except OSError as error:
-        raise UserError(f"--plot {path}: cannot write the file ({error.strerror})") from None
-    with out:
-        _draw(summary, out)
+    write_png(path, lambda plt: _draw(summary, plt))
 
 
-def _draw(s: Summary, out) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _draw(s: Summary, plt):
     mib = float(1 << 20)
     seconds = [t / 1e9 for t in s.timeline_t_ns]
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -33,5 +23,4 @@ def _draw(s: Summary, out) -> None:
     ax.set_title(f"{s.path}: bytes live per tag, {s.events:,} events", fontsize=9)
     ax.legend(fontsize=8)
     fig.subplots_adjust(left=0.1, right=0.98, top=0.92, bottom=0.12)  # tight_layout: slow
-    fig.savefig(out, format="png", dpi=120)
-    plt.close(fig)
+    return fig

@@ -1,11 +1,11 @@
 """Stacked bars of where each stage's budget goes (stock vs natural vs physical), one panel per length.
-matplotlib is imported here only, and only with --plot."""
+Drawn through report.png.write_png (matplotlib only with --plot)."""
 
 from __future__ import annotations
 
-from hybrid_alloc.errors import UserError
 from hybrid_alloc.planner.trace import Trace
 from hybrid_alloc.planner.usage import CATEGORIES
+from hybrid_alloc.report.png import write_png
 
 COLORS = {"attention": "#4c72b0", "state": "#55a868", "padding": "#c44e52", "rounding": "#dd8452",
           "unused": "#d9d9d9"}
@@ -13,20 +13,10 @@ LAYOUTS = ("stock", "natural", "physical")
 
 
 def write_plot(trace: Trace, path: str) -> None:
-    try:
-        out = open(path, "wb")  # before the slow matplotlib import: a bad path fails at once
-    except OSError as error:
-        raise UserError(f"--plot {path}: cannot write the file ({error.strerror})") from None
-    with out:
-        _draw(trace, out)
+    write_png(path, lambda plt: _draw(trace, plt))
 
 
-def _draw(trace: Trace, out) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _draw(trace: Trace, plt):
     gib = float(1 << 30)
     fig, axes = plt.subplots(
         1, len(trace.capacities), figsize=(4.2 * len(trace.capacities), 4.5), sharey=True, squeeze=False
@@ -51,5 +41,4 @@ def _draw(trace: Trace, out) -> None:
     fig.suptitle(f"{trace.layout.name}: where the KV cache bytes go ({trace.settings.hardware}, "
                  f"PP={trace.settings.pp})", fontsize=10)
     fig.subplots_adjust(left=0.06, right=0.99, top=0.8, bottom=0.2, wspace=0.05)  # tight_layout: slow
-    fig.savefig(out, format="png", dpi=120)
-    plt.close(fig)
+    return fig
