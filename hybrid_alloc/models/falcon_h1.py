@@ -7,10 +7,9 @@ transformers' ``FalconH1Config``.
 
 from __future__ import annotations
 
-from hybrid_alloc.models.family import Context, FamilyLayout, attention_layer, kv_heads_per_rank
+from hybrid_alloc.models.family import Context, FamilyLayout, Mamba2Fields, attention_layer, kv_heads_per_rank
 from hybrid_alloc.models.layout import CacheLayer
-from hybrid_alloc.models.state_shapes import mamba2_state, mamba_state_dtypes
-from hybrid_alloc.models.weights import Params, attention_params, gated_mlp_params, mamba2_params
+from hybrid_alloc.models.weights import attention_params, gated_mlp_params
 
 MODEL_TYPES = ("falcon_h1",)
 
@@ -28,17 +27,11 @@ def build(ctx: Context) -> FamilyLayout:
     d_ssm = cfg.text["mamba_d_ssm"] if "mamba_d_ssm" in cfg.text else 1024
     if d_ssm is None:
         d_ssm = int(cfg.int("mamba_expand", 2) * hidden)
-    m_heads = cfg.int("mamba_n_heads", 128)
-    m_head_dim = cfg.get("mamba_d_head", "auto")
-    if m_head_dim == "auto":
-        m_head_dim = d_ssm // m_heads
-    n_groups, state_size = cfg.int("mamba_n_groups", 1), cfg.int("mamba_d_state", 256)
-    kernel = cfg.int("mamba_d_conv", 4)
-    state = mamba2_state(tp, d_ssm, n_groups, m_heads, m_head_dim, state_size, kernel, ctx.num_spec,
-                         mamba_state_dtypes(ctx.dtype))
+    mamba = Mamba2Fields.read(cfg, d_ssm)
+    state = mamba.state(ctx)
 
     per_layer = (attention_params(hidden, heads, kv, head_dim, tp)
-                 + mamba2_params(hidden, d_ssm, n_groups, m_heads, state_size, kernel, tp)
+                 + mamba.params(hidden, tp)
                  + gated_mlp_params(hidden, cfg.int("intermediate_size", 14336), tp))
     layers: list[CacheLayer] = []
     for i in range(n):

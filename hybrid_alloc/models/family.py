@@ -1,4 +1,4 @@
-"""What every family module returns, and the attention layer they share."""
+"""What every family module returns, and the pieces they share (attention layer, mamba_* Mamba2 fields)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 from hybrid_alloc.errors import ModelConfigError
 from hybrid_alloc.models.hf_config import HFConfig
-from hybrid_alloc.models.layout import ATTENTION, CacheLayer
-from hybrid_alloc.models.weights import Params
+from hybrid_alloc.models.layout import ATTENTION, CacheLayer, StateTensor
+from hybrid_alloc.models.state_shapes import mamba2_state, mamba_state_dtypes
+from hybrid_alloc.models.weights import Params, mamba2_params
 
 
 @dataclass
@@ -54,3 +55,31 @@ def attention_layer(name: str, decoder_layer: int, num_kv_heads_per_rank: int, h
                     sliding_window: int | None = None) -> CacheLayer:
     return CacheLayer(name=name, decoder_layer=decoder_layer, kind=ATTENTION,
                       num_kv_heads=num_kv_heads_per_rank, head_size=head_size, sliding_window=sliding_window)
+
+
+@dataclass(frozen=True)
+class Mamba2Fields:
+    """Mamba2 dimensions under the ``mamba_*`` field names (Falcon-H1, Granite-4.0-H)."""
+
+    inner: int  # the SSM width: mamba_d_ssm or mamba_expand * hidden_size
+    heads: int
+    head_dim: int
+    groups: int
+    state_size: int
+    kernel: int
+
+    @classmethod
+    def read(cls, cfg: HFConfig, inner: int) -> Mamba2Fields:
+        heads = cfg.int("mamba_n_heads", 128)
+        head_dim = cfg.get("mamba_d_head", "auto")
+        if head_dim == "auto":
+            head_dim = inner // heads
+        return cls(inner, heads, head_dim, cfg.int("mamba_n_groups", 1), cfg.int("mamba_d_state", 256),
+                   cfg.int("mamba_d_conv", 4))
+
+    def state(self, ctx: Context) -> tuple[StateTensor, ...]:
+        return mamba2_state(ctx.tp, self.inner, self.groups, self.heads, self.head_dim, self.state_size,
+                            self.kernel, ctx.num_spec, mamba_state_dtypes(ctx.dtype))
+
+    def params(self, hidden: int, tp: int) -> Params:
+        return mamba2_params(hidden, self.inner, self.groups, self.heads, self.state_size, self.kernel, tp)

@@ -8,10 +8,9 @@ defaults from transformers' ``GraniteMoeHybridConfig`` (legacy "mamba"/"attentio
 from __future__ import annotations
 
 from hybrid_alloc.errors import ModelConfigError
-from hybrid_alloc.models.family import Context, FamilyLayout, attention_layer, kv_heads_per_rank
+from hybrid_alloc.models.family import Context, FamilyLayout, Mamba2Fields, attention_layer, kv_heads_per_rank
 from hybrid_alloc.models.layout import CacheLayer
-from hybrid_alloc.models.state_shapes import mamba2_state, mamba_state_dtypes
-from hybrid_alloc.models.weights import Params, attention_params, gated_mlp_params, mamba2_params, moe_params
+from hybrid_alloc.models.weights import Params, attention_params, gated_mlp_params, moe_params
 
 MODEL_TYPES = ("granitemoehybrid",)
 
@@ -30,14 +29,8 @@ def build(ctx: Context) -> FamilyLayout:
     head_dim = hidden // heads
 
     intermediate = cfg.int("mamba_expand", 2) * hidden
-    m_heads = cfg.int("mamba_n_heads", 128)
-    m_head_dim = cfg.get("mamba_d_head", "auto")
-    if m_head_dim == "auto":
-        m_head_dim = intermediate // m_heads
-    n_groups, state_size = cfg.int("mamba_n_groups", 1), cfg.int("mamba_d_state", 256)
-    kernel = cfg.int("mamba_d_conv", 4)
-    state = mamba2_state(tp, intermediate, n_groups, m_heads, m_head_dim, state_size, kernel, ctx.num_spec,
-                         mamba_state_dtypes(ctx.dtype))
+    mamba_fields = Mamba2Fields.read(cfg, intermediate)
+    state = mamba_fields.state(ctx)
 
     experts = cfg.int("num_local_experts", 8)
     ffn = Params(other=hidden)
@@ -46,7 +39,7 @@ def build(ctx: Context) -> FamilyLayout:
     shared = cfg.int("shared_intermediate_size", 1024)
     if shared:
         ffn = ffn + gated_mlp_params(hidden, shared, tp)
-    mamba = mamba2_params(hidden, intermediate, n_groups, m_heads, state_size, kernel, tp) + ffn
+    mamba = mamba_fields.params(hidden, tp) + ffn
     attn = attention_params(hidden, heads, kv, head_dim, tp) + ffn
 
     layers: list[CacheLayer] = []
