@@ -45,6 +45,9 @@ def device(monkeypatch):
         for name in functions:
             monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
     profiler_stats.patch()
+    # The allocator is process-wide: earlier tests leave cached segments that memory_profiling's own
+    # empty_cache call would release mid-measurement. Start from none.
+    allocator.empty_cache()
     fake = FakeDevice()
     monkeypatch.setattr(torch.accelerator, "get_memory_info", fake.get_memory_info)
     monkeypatch.setattr(torch.accelerator, "empty_cache", allocator.core().empty_cache)
