@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-PIP    := $(PY) -m pip --disable-pip-version-check --no-compile -q
+PIP    := $(PY) -m pip --disable-pip-version-check -q
 JOBS   ?= $(shell nproc)
 
 .PHONY: demo test install test-install engine-install cpp-test cpp-bench py-test clean
@@ -23,8 +23,8 @@ $(VENV)/.test-deps: tests/requirements-vllm33.txt | $(PY)
 ENGINE_VENV := .venv-engine
 $(ENGINE_VENV)/.deps: tests/requirements-engine.txt
 	$(PYTHON) -m venv $(ENGINE_VENV)
-	$(ENGINE_VENV)/bin/python -m pip --disable-pip-version-check --no-compile -q install torch==2.13.0
-	$(ENGINE_VENV)/bin/python -m pip --disable-pip-version-check --no-compile -q install --no-deps -r tests/requirements-engine.txt
+	$(ENGINE_VENV)/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0
+	$(ENGINE_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps -r tests/requirements-engine.txt
 	touch $@
 
 # Builds the C++ library and the pybind11 module with scikit-build-core and installs the package.
@@ -38,7 +38,7 @@ test-install: $(VENV)/.test-deps
 # The engine interpreter imports hybrid_alloc (plugin, allocator library) from its own site-packages.
 # After test-install: both builds share scikit-build-core's build directory.
 engine-install: test-install $(ENGINE_VENV)/.deps
-	$(ENGINE_VENV)/bin/python -m pip --disable-pip-version-check --no-compile -q install --no-deps .
+	$(ENGINE_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps .
 
 demo: install
 	$(VENV)/bin/hybrid-alloc trace
