@@ -52,7 +52,8 @@ def test_versions():
     assert versions.unsupported_reason("0.32.0") is None
     assert versions.unsupported_reason("0.32.1rc1") is None
     assert "0.31.2 is not a supported version" in versions.unsupported_reason("0.31.2")
-    assert versions.unsupported_reason("0.33.0")  # not verified yet: see versions.py
+    assert versions.unsupported_reason("0.33.2") is None
+    assert "0.34.0 is not a supported version (supported: 0.32.x, 0.33.x)" in versions.unsupported_reason("0.34.0")
 
 
 def test_stock_logs_one_line_per_engine(caplog, monkeypatch):

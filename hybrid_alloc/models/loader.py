@@ -44,7 +44,8 @@ def _checkpoint_kv_cache_dtype(cfg: HFConfig) -> str | None:
     return "fp8" if isinstance(algo, str) and algo.upper().startswith("FP8") else None
 
 
-def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0) -> ModelLayout:
+def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0, dtype: str | None = None) -> ModelLayout:
+    """``dtype``: vLLM's ``--dtype`` (None: "auto", resolved from the config as vLLM does)."""
     if tp < 1 or num_speculative_tokens < 0:
         raise ModelConfigError(f"tp must be >= 1 and num_speculative_tokens >= 0 (got {tp}, {num_speculative_tokens})")
     name, source, path = _resolve(str(model))
@@ -54,7 +55,7 @@ def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0) -> 
         raise ModelConfigError(
             f"{path}: unsupported model_type {cfg.model_type or '(none)'!r} ({cfg.architecture or 'no architecture'}); "
             f"supported: {', '.join(supported_model_types())}")
-    dtype = cfg.model_dtype()
+    dtype = dtype or cfg.model_dtype()
     fam = family.build(Context(cfg=cfg, tp=tp, num_spec=num_speculative_tokens, dtype=dtype))
 
     bits = weight_bits(cfg, dtype)

@@ -159,8 +159,9 @@ OBJECTIVE_LENGTHS = (512, 4096)  # with max_model_len: the lengths the shared k 
 
 
 @dataclass(frozen=True)
-class _StageShape:
-    """What one stage holds, before the shared k and num_blocks are known."""
+class StageShape:
+    """What one stage holds, before the shared k and num_blocks are known (the plugin builds these from
+    vLLM's specs and takes k, strides and num_blocks from here: trace and engine agree by construction)."""
 
     kv: tuple[int, ...]  # KV bytes per token of each attention layer
     state_pages: tuple[int, ...]  # unpadded state page of each state layer
@@ -208,7 +209,11 @@ def _objective(num_blocks: int, k: int, m: int, block: int, lengths: tuple[int, 
     return sum(log(1 + max(0, (num_blocks - 1) // (cdiv(length, block) + m * k))) for length in lengths)
 
 
-def choose_slot_blocks(shapes: list[_StageShape], budgets: list[int], m: int, lengths: tuple[int, ...]) -> int:
+def objective_lengths(model_len: int) -> tuple[int, ...]:
+    return tuple(sorted({length for length in OBJECTIVE_LENGTHS if length < model_len} | {model_len}))
+
+
+def choose_slot_blocks(shapes: list[StageShape], budgets: list[int], m: int, lengths: tuple[int, ...]) -> int:
     """The shared k: every value between the smallest and the largest a stage needs, best objective,
     ties to the larger k (less padding)."""
     needed = [shape.k_needed for shape in shapes if shape.kv and shape.state_pages]
@@ -239,7 +244,7 @@ def plan_natural(
     notes = []
 
     shapes = [
-        _StageShape(
+        StageShape(
             kv=tuple(layer.kv_bytes_per_token(dtype) for layer in layers if layer.is_attention),
             state_pages=tuple(layer.state_page_bytes for layer in layers if layer.is_state),
             block=block,
@@ -256,8 +261,7 @@ def plan_natural(
     elif state_slot_blocks is not None:
         k = state_slot_blocks
     else:
-        lengths = tuple(sorted({length for length in OBJECTIVE_LENGTHS if length < model_len} | {model_len}))
-        k = choose_slot_blocks(shapes, stage_budgets, m, lengths)
+        k = choose_slot_blocks(shapes, stage_budgets, m, objective_lengths(model_len))
     padded = [i for i, shape in enumerate(shapes) if shape.kv and shape.bytes_per_block(k) > block * sum(shape.kv)]
     if padded:
         notes.append(

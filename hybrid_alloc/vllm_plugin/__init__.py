@@ -8,7 +8,8 @@ engine (``fail_closed.config_reason``, ``fail_closed.spec_reason``) and otherwis
 Modules, one concern each: ``versions`` (supported releases), ``fail_closed`` (when to stay stock),
 ``block_size`` (no inflation, no padding; workers), ``kv_groups`` (groups, tensors, block count; engine
 core), ``capacity_log`` (true capacity), ``block_pool`` + ``scheduler`` (ordered free ids, state slots),
-``tensors`` (the buffer and views; workers).
+``tensors`` (the buffer and views; workers); ``patching`` records every replaced vLLM attribute,
+``versions`` says where each supported release keeps them.
 """
 
 from __future__ import annotations
@@ -35,3 +36,12 @@ def register() -> None:
 
     for module in (block_size, kv_groups, capacity_log, scheduler, tensors):
         module.patch()
+
+
+def unregister() -> None:
+    """Undo ``register()`` (tests that run stock and patched vLLM in one process)."""
+    global _registered
+    from . import patching
+
+    patching.restore()
+    _registered = False

@@ -47,6 +47,6 @@ def patch() -> None:
     global _original
     from vllm.platforms.interface import Platform
 
-    if _original is None:
-        _original = Platform.__dict__["_align_hybrid_block_size"]
-        Platform._align_hybrid_block_size = classmethod(_natural)
+    from . import patching
+
+    _original = patching.replace([Platform], "_align_hybrid_block_size", classmethod(_natural))

@@ -24,7 +24,7 @@ def _max_concurrency(vllm_config, kv_cache_config) -> float:
     return _original(vllm_config, kv_cache_config)
 
 
-def stock_estimate(vllm_config, kv_cache_specs, available_memory, stock_get_kv_cache_configs) -> tuple[int, float]:
+def stock_estimate(vllm_config, kv_cache_specs, available_memory, stock_kv_cache_configs) -> tuple[int, float]:
     """(block size, max concurrency) of stock vLLM on the same budget, from vLLM's own planning functions
     given the specs its ``_align_hybrid_block_size`` would have produced (inflated block, padded state)."""
     from vllm.v1.core.kv_cache_utils import generate_scheduler_kv_cache_config
@@ -45,7 +45,7 @@ def stock_estimate(vllm_config, kv_cache_specs, available_memory, stock_get_kv_c
 
     stock_specs = [{n: inflate(s) for n, s in w.items()} for w in kv_cache_specs]
     try:
-        configs = stock_get_kv_cache_configs(vllm_config, stock_specs, list(available_memory))
+        configs = stock_kv_cache_configs(vllm_config, stock_specs, list(available_memory))
     except ValueError:  # stock cannot fit one request of max_model_len
         return block, 0.0
     return block, _original(vllm_config, generate_scheduler_kv_cache_config(configs))
@@ -71,6 +71,7 @@ def patch() -> None:
     global _original
     from vllm.v1.core import kv_cache_utils
 
-    if _original is None:
-        _original = kv_cache_utils.get_max_concurrency_for_kv_cache_config
-        kv_cache_utils.get_max_concurrency_for_kv_cache_config = _max_concurrency
+    from . import patching
+
+    # its callers (get_kv_cache_capacity, the capacity report) look it up in this module
+    _original = patching.replace([kv_cache_utils], "get_max_concurrency_for_kv_cache_config", _max_concurrency)

@@ -1,18 +1,22 @@
 """Groups, tensors and block count of the natural layout (the engine core's KV cache planning).
 
-Replaces ``get_kv_cache_configs`` (``vllm/v1/core/kv_cache_utils.py``; 0.32: line 2531, imported by name
-in ``vllm/v1/engine/core.py``) when the natural layout applies. Layout, per pipeline stage, on the
-layer-outermost KV cache layouts (LBHNC: vLLM's CPU backend):
-- one region of ``num_blocks * A`` bytes per attention layer (``A`` = attention page at the kernel block);
-  attention layers view it as ``[num_blocks, ...]`` (stock views);
+Replaces ``get_kv_cache_configs`` (0.32: ``vllm/v1/core/kv_cache_utils.py:2531``; 0.33:
+``vllm/v1/core/kv_cache_planning.py:1461``, where the engine core first calls ``get_global_kv_cache_groups``,
+also replaced; both imported by name in ``vllm/v1/engine/core.py``) when the natural layout applies.
+Layout, per pipeline stage, on the layer-outermost KV cache layouts (LBHNC: vLLM's CPU backend):
+- one region of ``num_blocks * P`` bytes per attention layer; ``P`` = the attention page ``A`` at the
+  kernel block, or on a stage with more state per attention layer than the others, ``A`` padded so that
+  ``k`` strides hold its state (the planner's ``StageShape.bytes_per_block``); attention layers view the
+  region as ``[num_blocks, ...]`` at block stride ``P``;
 - state layers are dealt round-robin over the regions; inside a region, the hosted state pages are stacked
-  in a slot of ``k`` blocks, ``k = ceil(max hosted bytes / A)`` (the largest over stages, so one scheduler
-  serves all). A state layer views its region as ``[num_blocks // k, ...]`` at slot stride ``k * A``:
-  slot ``s`` = block ids ``[s*k, (s+1)*k)`` in every region. Same storage, two id spaces.
+  in a slot of ``k`` blocks, ``k`` chosen by the planner over all stages (one scheduler serves all:
+  ``hybrid_alloc.planner.natural.choose_slot_blocks``). A state layer views its region as
+  ``[num_blocks // k, ...]`` at slot stride ``k * P``: slot ``s`` = block ids ``[s*k, (s+1)*k)`` in every
+  region. Same storage, two id spaces.
 - groups: one per distinct state spec (its "block" is a slot), then the attention group, so a request's
   slot is allocated before its attention blocks.
-Bytes per stage = ``num_blocks * n_attn * A``; a request of L tokens holds ``ceil(L / block) + G * k``
-block ids (G = number of state groups).
+Bytes per stage = ``num_blocks * n_attn * P`` (the trace's natural plan); a request of L tokens holds
+``ceil(L / block) + G * k`` block ids (G = number of state groups).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vllm.utils.math_utils import cdiv
+
+from hybrid_alloc.planner.natural import StageShape, choose_slot_blocks, objective_lengths
 from vllm.v1.kv_cache_interface import (
     FullAttentionSpec,
     KVCacheConfig,
@@ -55,8 +61,9 @@ class NaturalKVCacheConfig(KVCacheConfig):
         return cdiv(num_tokens, self.block_size) + self.num_state_groups * self.slot_blocks
 
 
-def _placement(worker_spec: dict) -> tuple[list[str], list[tuple[str, int, int]], int]:
-    """(attention layers, [(state layer, region, offset in slot)], bytes of the fullest slot)."""
+def _placement(worker_spec: dict) -> tuple[list[str], list[tuple[str, int, int]]]:
+    """(attention layers, [(state layer, region, offset in slot)]): state layers dealt round-robin, so a
+    region hosts at most ``r = ceil(n_state / n_attn)`` pages (the planner's ``StageShape.r``)."""
     attention = [n for n, s in worker_spec.items() if isinstance(s, FullAttentionSpec)]
     filled = [0] * len(attention)
     states = []
@@ -64,59 +71,80 @@ def _placement(worker_spec: dict) -> tuple[list[str], list[tuple[str, int, int]]
         region = i % len(attention)
         states.append((name, region, filled[region]))
         filled[region] += spec.page_size_bytes
-    return attention, states, max(filled)
+    return attention, states
 
 
-def slot_blocks(kv_cache_specs: list[dict], attn_page: int) -> int:
-    return max(cdiv(_placement(w)[2], attn_page) for w in kv_cache_specs)
+def stage_shape(worker_spec: dict) -> StageShape:
+    """The planner's view of one worker (pipeline stage), from its vLLM specs."""
+    attention = [s for s in worker_spec.values() if isinstance(s, FullAttentionSpec)]
+    return StageShape(
+        kv=tuple(s.page_size_bytes // s.block_size for s in attention),
+        state_pages=tuple(s.page_size_bytes for s in worker_spec.values() if isinstance(s, MambaSpec)),
+        block=attention[0].block_size,
+    )
+
+
+def natural_groups(specs: dict, state_specs: list | None = None) -> list[KVCacheGroupSpec]:
+    """One group per distinct state spec (``state_specs``: the whole model's, so every stage numbers its
+    groups alike), then the attention group: a request's slot is allocated before its attention blocks."""
+    if state_specs is None:
+        state_specs = list(dict.fromkeys(s for s in specs.values() if isinstance(s, MambaSpec)))
+    attention = [n for n, s in specs.items() if isinstance(s, FullAttentionSpec)]
+    groups = [KVCacheGroupSpec([n for n, s in specs.items() if s == spec], spec) for spec in state_specs]
+    groups.append(KVCacheGroupSpec(attention, specs[attention[0]].merge([specs[n] for n in attention])))
+    return groups
 
 
 def plan(vllm_config, kv_cache_specs: list[dict], available_memory: list[int]) -> list[NaturalKVCacheConfig]:
-    """The natural KVCacheConfig of every worker (same num_blocks and k on all)."""
+    """The natural KVCacheConfig of every worker: k, num_blocks and each stage's attention page stride are
+    the trace's (``hybrid_alloc.planner.natural``: k chosen over the stages, padded strides where a stage
+    holds more state per attention layer than k pages)."""
     merged: dict = {}
     for worker in kv_cache_specs:
         merged.update(worker)
-    attn_spec = next(s for s in merged.values() if isinstance(s, FullAttentionSpec))
-    attn_page = attn_spec.page_size_bytes
     state_specs = list(dict.fromkeys(s for s in merged.values() if isinstance(s, MambaSpec)))
-    k = slot_blocks(kv_cache_specs, attn_page)
-
-    num_blocks = min(
-        avail // (attn_page * len(_placement(w)[0])) for w, avail in zip(kv_cache_specs, available_memory)
-    )
+    shapes = [stage_shape(w) for w in kv_cache_specs]
+    max_len = vllm_config.model_config.max_model_len
+    # "none" mode: each state group holds one slot per request (one group per distinct state spec)
+    k = choose_slot_blocks(shapes, list(available_memory), len(state_specs), objective_lengths(max_len))
+    num_blocks = min(shape.max_blocks(avail, k, True) for shape, avail in zip(shapes, available_memory))
     if vllm_config.cache_config.num_gpu_blocks_override is not None:
         num_blocks = vllm_config.cache_config.num_gpu_blocks_override
 
-    configs = [_worker_config(vllm_config, w, state_specs, attn_spec, num_blocks, k) for w in kv_cache_specs]
-    need = configs[0].blocks_per_request(vllm_config.model_config.max_model_len)
+    configs = [_worker_config(vllm_config, w, shape, state_specs, num_blocks, k) for w, shape in zip(kv_cache_specs, shapes)]
+    need = configs[0].blocks_per_request(max_len)
     if need > num_blocks - 1:  # BlockPool holds block 0 back (the null block)
         raise ValueError(
-            f"hybrid-alloc: one request of max_model_len={vllm_config.model_config.max_model_len} needs {need} "
-            f"blocks ({need * attn_page} bytes per attention layer) but the KV cache holds {num_blocks - 1}; "
-            "increase the KV cache memory or decrease max_model_len"
+            f"hybrid-alloc: one request of max_model_len={max_len} needs {need} blocks of {shapes[0].block} "
+            f"tokens but the KV cache holds {num_blocks - 1}; increase the KV cache memory or decrease max_model_len"
         )
     return configs
 
 
-def _worker_config(vllm_config, worker_spec, state_specs, attn_spec, num_blocks, k) -> NaturalKVCacheConfig:
-    from vllm.v1.core.kv_cache_utils import kv_cache_groups_tp_replicas
+def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num_blocks, k) -> NaturalKVCacheConfig:
+    import importlib
 
+    from .versions import release
+
+    kv_cache_groups_tp_replicas = importlib.import_module(release().planning_module).kv_cache_groups_tp_replicas
     layout = vllm_config.cache_config.get_resolved_kv_cache_layout()
-    attn_page = attn_spec.page_size_bytes
-    attention, states, _ = _placement(worker_spec)
-    region = num_blocks * attn_page
+    attention, states = _placement(worker_spec)
+    attn_spec = worker_spec[attention[0]]
+    stride = shape.bytes_per_block(k) // len(attention)  # the attention page, padded where the planner pads
+    region = num_blocks * stride
     size = region * len(attention)
     layer_stride, block_stride = compute_layout_strides(attn_spec, num_blocks, len(attention), layout)[:2]
-    assert (layer_stride, block_stride) == (region, attn_page), f"{layout.name}: attention pages not dense"
+    assert (layer_stride, block_stride) == (num_blocks * attn_spec.page_size_bytes, attn_spec.page_size_bytes), (
+        f"{layout.name}: attention pages not dense"
+    )
 
-    tensors = [KVCacheTensor(size=size, layers=attention, layer_stride=region, block_stride=attn_page)]
+    tensors = [KVCacheTensor(size=size, layers=attention, layer_stride=region, block_stride=stride)]
     for name, r, offset in states:
-        assert offset + worker_spec[name].page_size_bytes <= k * attn_page
+        assert offset + worker_spec[name].page_size_bytes <= k * stride, "a slot does not hold its state pages"
         tensors.append(
-            SlotTensor(size=size, layers=[name], layer_stride=region, block_stride=k * attn_page, offset=r * region + offset)
+            SlotTensor(size=size, layers=[name], layer_stride=region, block_stride=k * stride, offset=r * region + offset)
         )
-    groups = [KVCacheGroupSpec([n for n, s in worker_spec.items() if s == spec], spec) for spec in state_specs]
-    groups.append(KVCacheGroupSpec(attention, attn_spec.merge([worker_spec[n] for n in attention])))
+    groups = natural_groups(worker_spec, state_specs)
     config = NaturalKVCacheConfig(
         num_blocks=num_blocks,
         kv_cache_tensors=tensors,
@@ -131,29 +159,62 @@ def _worker_config(vllm_config, worker_spec, state_specs, attn_spec, num_blocks,
     return config
 
 
-_original = None
+_original = None  # vLLM's get_kv_cache_configs
+_original_groups = None  # vLLM's get_global_kv_cache_groups (0.33: the engine core calls it first)
 
 
-def _get_kv_cache_configs(vllm_config, kv_cache_specs, available_memory):
-    from . import capacity_log, fail_closed
+def _natural_reason(vllm_config, kv_cache_specs) -> str | None:
+    from . import fail_closed
 
     layout = vllm_config.cache_config.get_resolved_kv_cache_layout()
-    reason = fail_closed.config_reason(vllm_config) or fail_closed.spec_reason(kv_cache_specs, layout)
+    return fail_closed.config_reason(vllm_config) or fail_closed.spec_reason(kv_cache_specs, layout)
+
+
+def _get_global_kv_cache_groups(vllm_config, kv_cache_specs):
+    from . import fail_closed
+
+    reason = _natural_reason(vllm_config, kv_cache_specs)
+    if reason:
+        fail_closed.stock(reason)  # logged once: _get_kv_cache_configs says the same
+        return _original_groups(vllm_config, kv_cache_specs)
+    merged: dict = {}
+    for worker in kv_cache_specs:
+        merged.update(worker)
+    return natural_groups(merged)
+
+
+def _get_kv_cache_configs(vllm_config, kv_cache_specs, available_memory, *global_groups):
+    from . import capacity_log, fail_closed
+
+    reason = _natural_reason(vllm_config, kv_cache_specs)
     if reason:
         fail_closed.stock(reason)
-        return _original(vllm_config, kv_cache_specs, available_memory)
+        return _original(vllm_config, kv_cache_specs, available_memory, *global_groups)
     configs = plan(vllm_config, kv_cache_specs, available_memory)
-    stock = capacity_log.stock_estimate(vllm_config, kv_cache_specs, available_memory, _original)
+    stock = capacity_log.stock_estimate(vllm_config, kv_cache_specs, available_memory, _stock_configs)
     capacity_log.log_capacity(vllm_config, configs, stock)
     return configs
 
 
+def _stock_configs(vllm_config, kv_cache_specs, available_memory):
+    """vLLM's own planning on stock specs, whatever the release's signature."""
+    if _original_groups is None:
+        return _original(vllm_config, kv_cache_specs, available_memory)
+    groups = _original_groups(vllm_config, kv_cache_specs)
+    return _original(vllm_config, kv_cache_specs, available_memory, groups)
+
+
 def patch() -> None:
-    global _original
-    from vllm.v1.core import kv_cache_utils
+    global _original, _original_groups
+    import importlib
+
     from vllm.v1.engine import core
 
-    if _original is None:
-        _original = kv_cache_utils.get_kv_cache_configs
-        kv_cache_utils.get_kv_cache_configs = _get_kv_cache_configs
-        core.get_kv_cache_configs = _get_kv_cache_configs  # imported by name there
+    from . import patching, versions
+
+    release = versions.release()
+    planning = importlib.import_module(release.planning_module)
+    # core imports these by name
+    _original = patching.replace([planning, core], "get_kv_cache_configs", _get_kv_cache_configs)
+    if release.global_groups:
+        _original_groups = patching.replace([planning, core], "get_global_kv_cache_groups", _get_global_kv_cache_groups)

@@ -77,7 +77,9 @@ def patch() -> None:
     global _original
     from vllm.v1.core import kv_cache_coordinator, kv_cache_manager
 
-    if _original is None:
-        _original = kv_cache_coordinator.get_kv_cache_coordinator
-        kv_cache_coordinator.get_kv_cache_coordinator = _get_kv_cache_coordinator
-        kv_cache_manager.get_kv_cache_coordinator = _get_kv_cache_coordinator  # imported by name there
+    from . import patching
+
+    # imported by name in kv_cache_manager
+    _original = patching.replace(
+        [kv_cache_coordinator, kv_cache_manager], "get_kv_cache_coordinator", _get_kv_cache_coordinator
+    )

@@ -17,20 +17,35 @@ _original = None
 
 
 def _buffer(size: int, device):
-    """(int8 buffer of ``size`` zero bytes, where it came from)."""
+    """(int8 buffer of ``size`` zero bytes, where it came from). The allocator charges it to ``kv_cache``:
+    on CPU a host-backend slab handed to torch without a copy; on CUDA a slab of the arena through the
+    library's ``MemPool`` (or, in global mode, the process-wide allocator under the tag)."""
     import torch
 
-    if device.type == "cpu":
-        try:
-            from hybrid_alloc import allocator
-
-            if allocator.backend_name() == "host":
-                buf = allocator.host_tensor(size, name="kv_cache", tag="kv_cache", dtype=torch.int8)
-                return buf.zero_(), "hybrid-alloc host slab"
-        except ImportError as e:  # the C++ library is not built: say so, keep running
-            log.once(f"hybrid-alloc: allocator unavailable ({e}); KV cache from torch.zeros")
-    # CUDA: the MemPool path (allocator.use("kv_cache")) is not wired yet.
+    try:
+        return _allocator_buffer(size, device, torch)
+    except ImportError as e:  # the C++ library is not built: say so, keep running
+        reason = str(e)
+    except Exception as e:  # noqa: BLE001 (AllocatorError and CUDA errors: the KV cache must still come up)
+        reason = f"{type(e).__name__}: {e}"
+    log.once(f"hybrid-alloc: allocator unavailable ({reason}); KV cache from torch.zeros")
     return torch.zeros(size, dtype=torch.int8, device=device), "torch.zeros"
+
+
+def _allocator_buffer(size: int, device, torch):
+    from hybrid_alloc import allocator
+
+    if device.type == "cpu" and allocator.backend_name() == "host":
+        buf = allocator.host_tensor(size, name="kv_cache", tag="kv_cache", dtype=torch.int8)
+        return buf.zero_(), "hybrid-alloc host slab"
+    if device.type == "cuda":
+        if allocator.installed():  # global mode: every allocation already goes through the library
+            with allocator.tag("kv_cache"):
+                return torch.zeros(size, dtype=torch.int8, device=device), "hybrid-alloc (global mode)"
+        with allocator.use("kv_cache", device=device.index):  # GPU-verified only by tools/gpu_check.sh
+            buf = torch.zeros(size, dtype=torch.int8, device=device)
+        return buf, "hybrid-alloc MemPool slab"
+    raise ImportError(f"no allocator backend for device {device} (library backend: {allocator.backend_name()})")
 
 
 def _allocate_kv_cache(kv_cache_config, device, layout, kernel_block_sizes=None):
@@ -64,8 +79,9 @@ def _allocate_kv_cache(kv_cache_config, device, layout, kernel_block_sizes=None)
 def patch() -> None:
     global _original
     from vllm.v1.worker import gpu_model_runner, utils
+    from vllm.v1.worker.gpu import attn_utils  # model runner V2
 
-    if _original is None:
-        _original = utils.allocate_kv_cache
-        utils.allocate_kv_cache = _allocate_kv_cache
-        gpu_model_runner.allocate_kv_cache = _allocate_kv_cache  # imported by name there
+    from . import patching
+
+    # imported by name in both model runners
+    _original = patching.replace([utils, gpu_model_runner, attn_utils], "allocate_kv_cache", _allocate_kv_cache)

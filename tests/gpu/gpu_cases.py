@@ -212,6 +212,28 @@ def case_nvml_slab() -> None:
     assert u1 - u2 >= GiB - 8 * MiB, (u1, u2)
 
 
+def case_plugin_kv_buffer() -> None:
+    """The vLLM plugin's KV cache buffer on CUDA (``vllm_plugin.tensors._buffer``): a zeroed arena slab
+    through the MemPool, charged to ``kv_cache`` to the byte. Needs vLLM importable (the plugin's module)."""
+    import torch
+
+    try:
+        from hybrid_alloc.vllm_plugin import tensors
+    except ImportError as e:
+        _unsupported(f"vLLM is not importable here ({e})")
+    ha = _ha()
+    before = ha.tag_stats().get("kv_cache", {}).get("current", 0)
+    size = 192 * MiB + 4096  # not a multiple of PyTorch's 2 MiB segment rounding
+    buf, source = tensors._buffer(size, torch.device("cuda", torch.cuda.current_device()))
+    assert source == "hybrid-alloc MemPool slab", source
+    assert buf.numel() == size and buf.dtype == torch.int8
+    assert int(buf.count_nonzero().item()) == 0
+    assert _in_slab(ha, buf.data_ptr())
+    charged = ha.tag_stats()["kv_cache"]["current"] - before
+    print("buffer", size, "charged to kv_cache", charged)
+    assert size <= charged < size + 2 * MiB, charged  # PyTorch asks for whole segments (2 MiB rounding)
+
+
 CASES = {n[len("case_"):]: f for n, f in globals().items() if n.startswith("case_")}
 
 

@@ -27,3 +27,7 @@ def test_cuda_graph_capture_private_pool(run_case):
 
 def test_driver_sees_1gib_slab(run_case):
     print(run_case("nvml_slab"))
+
+
+def test_plugin_kv_buffer_is_an_arena_slab(run_case):
+    print(run_case("plugin_kv_buffer"))
