@@ -55,8 +55,10 @@ def build_mamba2(path: str) -> str:
 
 
 def build_mamba2_pp(path: str) -> str:
-    """Six layers, one attention layer on every one of 3 pipeline stages."""
-    return _nemotron_h(path, "M*M*M*")
+    """Nine layers for 3 pipeline stages, [MM*][M**][M**]: attention on every stage; stage 0 holds two
+    state layers on one attention layer, the others one on two, so under a large enough budget the shared
+    k is smaller than stage 0 needs and stage 0 pads its attention page stride (the planner's choice)."""
+    return _nemotron_h(path, "MM*M**M**")
 
 
 def build_gdn(path: str) -> str:

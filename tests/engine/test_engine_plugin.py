@@ -63,22 +63,25 @@ def test_mamba2_tokens_identical(mamba2):
     assert identical(stock, plugin) == (28, 28)
 
 
-def natural_plan(model_dir: str) -> tuple[int, int, int]:
-    """(state slot in blocks, block count, KV bytes) of the float32 natural plan, from the model's config."""
-    cfg = json.load(open(os.path.join(model_dir, "config.json")))
-    attn_page = 32 * cfg["num_key_value_heads"] * cfg["head_dim"] * 2 * 4  # K and V, float32, 32-token block
-    conv = (cfg["conv_kernel"] - 1) * (cfg["expand"] * cfg["hidden_size"] + 2 * cfg["n_groups"] * cfg["ssm_state_size"]) * 4
-    ssm = cfg["mamba_num_heads"] * cfg["mamba_head_dim"] * cfg["ssm_state_size"] * 4
-    kinds = cfg["layers_block_type"]
-    n_attn, n_state = kinds.count("full_attention"), kinds.count("linear_attention")
-    k = -(-(n_state // n_attn) * (conv + ssm) // attn_page)
-    blocks = BUDGET // (n_attn * attn_page)
-    return k, blocks, blocks * n_attn * attn_page
+def natural_plan(model_dir: str, pp: int = 1, budget: int = BUDGET, dtype: str = "float32"):
+    """The trace's natural plan (hybrid_alloc.planner) for the engine's settings: the CPU backend, 'none'
+    mode, max_model_len 1024 (run_engine.py), ``--dtype``, ``budget`` on every stage."""
+    from hybrid_alloc.models import load_layout
+    from hybrid_alloc.planner.hardware import get_hardware
+    from hybrid_alloc.planner.natural import plan_natural
+    from hybrid_alloc.planner.settings import Settings
+
+    settings = Settings(
+        hardware="cpu", vllm_version="0.32", pp=pp, kv_cache_memory=budget,
+        max_model_len=1024, prefix_caching=False,
+    )
+    return plan_natural(load_layout(model_dir, dtype=dtype), settings, [budget] * pp, get_hardware("cpu"))
 
 
 def test_mamba2_natural_block_size_and_slot(mamba2, model):
     stock, plugin = mamba2
-    k, blocks, kv_bytes = natural_plan(model("mamba2"))
+    plan = natural_plan(model("mamba2"))
+    k, blocks, kv_bytes = plan.state_slot_blocks, plan.num_blocks, plan.stages[0].bytes
     assert plugin.cache_config_info["block_size"] == "32" and plugin.cache_config_info["num_gpu_blocks"] == str(blocks)
     assert plugin.lines(f"hybrid-alloc: {blocks} blocks x 32 tokens; a state slot = {k} blocks")
     # The bytes the allocator handed out for the KV cache = the natural plan, to the byte.
@@ -88,7 +91,7 @@ def test_mamba2_natural_block_size_and_slot(mamba2, model):
 
 def test_mamba2_startup_report(mamba2, model):
     plugin = mamba2[1]
-    kv_bytes = natural_plan(model("mamba2"))[2]
+    kv_bytes = natural_plan(model("mamba2")).stages[0].bytes
     (name,) = os.listdir(plugin.report_dir)
     path = os.path.join(plugin.report_dir, name)
     report = load_report(path)  # the schema `hybrid-alloc verify --report` reads
@@ -137,13 +140,23 @@ def test_prefix_caching_leaves_vllm_stock(model, workdir):
     assert int(plugin.cache_config_info["block_size"]) > 32  # vLLM's inflated block
 
 
+PP_BUDGET = 8_000_000  # large enough that the planner pads stage 0 (k = 2) rather than take k = 3
+
+
 def test_pipeline_parallel_3(model, workdir):
     s = {
         "model": model("mamba2_pp"),
-        "engine": {"dtype": "float32", "kv_cache_memory_bytes": BUDGET, "pipeline_parallel_size": 3, "enforce_eager": False},
+        "engine": {"dtype": "float32", "kv_cache_memory_bytes": PP_BUDGET, "pipeline_parallel_size": 3, "enforce_eager": False},
         "workloads": [{"prompts": SHORT["prompts"][:8] + LONG["prompts"][:1], "max_tokens": 8}],
     }
     env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     stock, plugin = run(workdir, s, plugin=False, env=env), run(workdir, s, plugin=True, env=env)
+    print("\n  " + "\n  ".join(plugin.log))
     assert plugin.workloads[0]["tokens"] == stock.workloads[0]["tokens"]
-    assert len(plugin.lines("KV cache allocated")) == 3 and plugin.cache_config_info["block_size"] == "32"
+    plan = natural_plan(model("mamba2_pp"), pp=3, budget=PP_BUDGET)
+    assert plan.stages[0].attention_padding_per_block > 0  # the model exercises a padded stride (models.py)
+    assert plugin.lines(f"hybrid-alloc: {plan.num_blocks} blocks x 32 tokens; a state slot = {plan.state_slot_blocks} blocks")
+    for stage in plan.stages:  # the bytes each stage allocated = the trace's plan
+        assert len(plugin.lines(f"stage {stage.stage}: {stage.bytes} bytes of KV cache")) == 1
+    assert sorted(int(line.split()[4]) for line in plugin.lines("KV cache allocated")) == sorted(s.bytes for s in plan.stages)
+    assert plugin.cache_config_info["block_size"] == "32"
