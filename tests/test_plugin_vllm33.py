@@ -195,7 +195,17 @@ def _outcome(vc, layout, backend, budgets):
     return specs, [c.block_size for c in stage_configs], configs
 
 
+def _ngram(vc):
+    from vllm.config import SpeculativeConfig
+
+    vc.speculative_config = SpeculativeConfig(
+        method="ngram", num_speculative_tokens=2, prompt_lookup_max=3, prompt_lookup_min=2,
+        target_model_config=vc.model_config, target_parallel_config=vc.parallel_config,
+    )
+
+
 FAIL_CLOSED = [
+    ("speculative decoding", _ngram),
     ("prefix caching is on", lambda vc: setattr(vc.cache_config, "enable_prefix_caching", True)),
     ("a KV connector is configured", lambda vc: setattr(vc, "kv_transfer_config", _connector())),
     ("sleep mode", lambda vc: setattr(vc.model_config, "enable_sleep_mode", True)),

@@ -4,13 +4,34 @@ Usage: python run_engine.py SPEC_JSON  where SPEC_JSON holds
   model, engine (extra ``LLM`` keyword arguments), workloads: [{prompts (token id lists), max_tokens}],
   each submitted as one ``generate`` call.
 Prints one line ``RESULT {...}``: per workload the tokens of each prompt, engine steps and preemptions
-(deltas of ``vllm:iteration_tokens_total``'s count and ``vllm:num_preemptions``); cache_config_info.
+(deltas of ``vllm:iteration_tokens_total``'s count and ``vllm:num_preemptions``), seconds (wall time of the
+``generate`` call alone, time.perf_counter in this process); cache_config_info.
+
+Optional spec key ``vllm_version``: the version string every process of the engine sees as
+``vllm.__version__`` (to test the plugin on a release it does not support). vLLM on CPU spawns its engine
+core, which re-imports this file as ``__mp_main__``: the version travels in ``$HYBRID_ALLOC_TEST_VLLM_VERSION``
+and is applied at import, before vLLM's plugins load in that process.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
+
+VERSION_ENV = "HYBRID_ALLOC_TEST_VLLM_VERSION"
+
+
+def _apply_vllm_version() -> None:
+    version = os.environ.get(VERSION_ENV)
+    if version:
+        import vllm
+
+        vllm.__version__ = version
+
+
+_apply_vllm_version()  # also runs in spawned engine processes (this file is their __mp_main__)
 
 
 def _metrics(llm) -> dict:
@@ -26,6 +47,9 @@ def _metrics(llm) -> dict:
 
 
 def main(spec: dict) -> dict:
+    if spec.get("vllm_version"):
+        os.environ[VERSION_ENV] = spec["vllm_version"]
+        _apply_vllm_version()
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -45,13 +69,17 @@ def main(spec: dict) -> dict:
     for workload in spec["workloads"]:
         before = _metrics(llm)
         params = SamplingParams(temperature=0.0, max_tokens=workload["max_tokens"], ignore_eos=True, detokenize=False)
-        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in workload["prompts"]], params, use_tqdm=False)
+        prompts = [TokensPrompt(prompt_token_ids=p) for p in workload["prompts"]]
+        start = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        seconds = time.perf_counter() - start
         after = _metrics(llm)
         results.append(
             {
                 "tokens": [list(o.outputs[0].token_ids) for o in outs],
                 "steps": after["steps"] - before["steps"],
                 "preemptions": after["preemptions"] - before["preemptions"],
+                "seconds": seconds,
             }
         )
     return {"workloads": results, "cache_config_info": _metrics(llm)["cache_config_info"]}
