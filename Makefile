@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 JOBS   ?= $(shell nproc)
 
-.PHONY: demo test install test-install engine-install cpp-test cpp-bench py-test clean
+.PHONY: demo test install test-install engine-install cpp-test cpp-bench py-test py-unit py-engine clean
 
 # One local environment. `demo` needs only the package; `test` adds CPU torch and the vLLM 0.33 planning
 # code (installed with --no-deps), the reference the parity tests compare against.
@@ -58,14 +58,22 @@ cpp-bench:
 	cmake --build build/release -j $(JOBS) --target bench_alloc >/dev/null
 	build/release/bench_alloc
 
-# pytest exit code 5 = "no tests collected": an error here, never a silent pass.
-py-test: test-install engine-install
-	HYBRID_ALLOC_ENGINE_PYTHON=$(CURDIR)/$(ENGINE_VENV)/bin/python $(PY) -m pytest -q -ra; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+# Two pytest runs side by side: the engine suite (real vLLM CPU engines in subprocesses, mostly start-up
+# waits) and everything else. pytest exit code 5 = "no tests collected": an error here, never a silent pass.
+PYTEST = HYBRID_ALLOC_ENGINE_PYTHON=$(CURDIR)/$(ENGINE_VENV)/bin/python $(PY) -m pytest -q -ra
+PYTEST_RC = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-# The C++ builds, the two environments and their installs run side by side (-j3).
+py-test: py-unit py-engine
+
+py-unit: test-install engine-install
+	$(PYTEST) -m "not engine"; $(PYTEST_RC)
+
+py-engine: test-install engine-install
+	$(PYTEST) -p no:cacheprovider -m engine tests/engine; $(PYTEST_RC)
+
+# The C++ builds, the two environments and their installs, and the two pytest runs go side by side (-j4).
 test:
-	$(MAKE) -j3 cpp-test py-test
+	$(MAKE) -j4 cpp-test py-test
 
 clean:
 	rm -rf $(VENV) $(ENGINE_VENV) build

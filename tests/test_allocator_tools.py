@@ -97,7 +97,9 @@ def _load(name: str, path: str):
 
 def test_gpu_modules_import_and_match():
     cases = _load("gpu_cases", os.path.join(REPO, "tests", "gpu", "gpu_cases.py"))
-    assert set(cases.CASES) == {"mempool", "global", "install_refused", "record_stream", "graph", "nvml_slab"}
+    assert set(cases.CASES) == {
+        "mempool", "global", "install_refused", "record_stream", "graph", "nvml_slab", "plugin_kv_buffer", "vllm_global",
+    }
     tests = open(os.path.join(REPO, "tests", "gpu", "test_gpu_allocator.py")).read()
     assert set(re.findall(r'run_case\("(\w+)"', tests)) == set(cases.CASES)
     bench = _load("bench_gpu", os.path.join(REPO, "tests", "gpu", "bench_gpu.py"))

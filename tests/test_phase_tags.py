@@ -111,3 +111,30 @@ def test_wrapped_names_exist_in_vllm_032_and_033():
             assert set(phase_tags.RUNNER_PHASES) <= methods, (label, module)
         worker = class_methods(tree(found["vllm"], "v1/worker/gpu_worker.py"), "Worker")
         assert phase_tags.RUNTIME_AFTER in worker, label
+
+
+def test_patch_wraps_vllm_once_and_is_undone():
+    """patch() on vLLM's own classes (this environment's vLLM) goes through ``patching``: recorded once, undone."""
+    import importlib
+
+    worker = pytest.importorskip("vllm.v1.worker.gpu_worker").Worker
+    from hybrid_alloc.vllm_plugin import patching
+
+    runners = [importlib.import_module(m).GPUModelRunner for m in phase_tags.RUNNER_MODULES]
+    originals = {(cls, name): vars(cls)[name] for cls in runners for name in phase_tags.RUNNER_PHASES}
+    originals[(worker, phase_tags.RUNTIME_AFTER)] = vars(worker)[phase_tags.RUNTIME_AFTER]
+    assert not any(hasattr(m, "hybrid_alloc_phase") for m in originals.values())
+    before = len(patching._patched)
+    try:
+        phase_tags.patch()
+        phase_tags.patch()
+        assert len(patching._patched) - before == len(originals)
+        for (cls, name), method in originals.items():
+            wrapped = vars(cls)[name]
+            assert wrapped.__wrapped__ is method
+            assert wrapped.hybrid_alloc_phase == phase_tags.RUNNER_PHASES.get(name, "runtime")
+    finally:
+        while len(patching._patched) > before:
+            owner, name, value = patching._patched.pop()
+            setattr(owner, name, value)
+    assert all(vars(cls)[name] is method for (cls, name), method in originals.items())

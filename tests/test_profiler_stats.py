@@ -113,3 +113,26 @@ def test_patched_names_are_what_vllm_032_and_033_call():
             called |= {c for c in torch_calls(tree(found["vllm"], relpath)) if STATISTICS.search(c[1])}
         assert called == patched, label
         assert all(found["has"]), label
+
+
+def test_patch_is_recorded_once_and_undone():
+    """patch() goes through ``patching`` (so ``vllm_plugin.unregister()`` gives torch its functions back); twice
+    patches once."""
+    from hybrid_alloc.vllm_plugin import patching
+
+    names = [
+        (getattr(torch, ns), name, fn) for ns, functions in profiler_stats.PATCHED.items() for name, fn in functions.items()
+    ]
+    originals = [vars(module)[name] for module, name, _ in names]
+    assert all(o is not fn for o, (_, _, fn) in zip(originals, names))
+    before = len(patching._patched)
+    try:
+        profiler_stats.patch()
+        profiler_stats.patch()
+        assert [getattr(module, name) for module, name, _ in names] == [fn for _, _, fn in names]
+        assert [(owner, name) for owner, name, _ in patching._patched[before:]] == [(m, n) for m, n, _ in names]
+    finally:
+        while len(patching._patched) > before:
+            owner, name, value = patching._patched.pop()
+            setattr(owner, name, value)
+    assert [vars(module)[name] for module, name, _ in names] == originals

@@ -7,9 +7,11 @@
 #    into ./hybrid_alloc), checks the CUDA backend loads, and compiles the PyTorch hook bridge (cached);
 # 2. runs the GPU tests (tests/gpu: MemPool mode, global mode in a fresh process, record_stream, CUDA graph
 #    capture, a 1 GiB slab seen by NVML/cuMemGetInfo) and the host-backend allocator tests;
-# 3. benchmarks hybrid_alloc vs PyTorch's caching allocator vs cudaMallocAsync (tests/gpu/bench_gpu.py)
+# 3. with vLLM installed, starts a tiny hybrid engine three times (plugin in mempool mode; global mode eager
+#    and with CUDA graphs: tests/gpu/gpu_cases.py case_vllm_global);
+# 4. benchmarks hybrid_alloc vs PyTorch's caching allocator vs cudaMallocAsync (tests/gpu/bench_gpu.py)
 #    and prints a short table last.
-# Budget: under 8 minutes (each step has its own timeout). Exit code: 0 only if every step passed.
+# Budget: under 8 minutes without vLLM, 7 more with it (each step has its own timeout). Exit code: 0 only if every step passed.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
@@ -75,9 +77,14 @@ EOF
 record "hook bridge" $?
 
 step "tests (GPU + host backend)"
-timeout 330 "$PY" -m pytest -q -rsx -p no:cacheprovider tests/gpu tests/test_allocator_abi.py \
-  tests/test_allocator_module.py tests/test_allocator_tools.py 2>&1 | tail -25
+timeout 330 "$PY" -m pytest -q -rsx -p no:cacheprovider -k "not vllm_engine_global_mode" tests/gpu \
+  tests/test_allocator_abi.py tests/test_allocator_module.py tests/test_allocator_tools.py 2>&1 | tail -25
 record "pytest" "${PIPESTATUS[0]}"
+
+step "vLLM engine: the plugin in global mode, eager and with CUDA graphs (skipped without vLLM)"
+HYBRID_ALLOC_BACKEND=cuda timeout 420 "$PY" tests/gpu/gpu_cases.py vllm_global 2>&1 | tail -30
+rc=${PIPESTATUS[0]}
+if [ "$rc" -eq 3 ]; then SUMMARY+=("SKIP  vLLM global mode (vLLM not importable)"); else record "vLLM global mode" "$rc"; fi
 
 step "benchmark"
 BENCH_OUT=$(timeout 200 "$PY" tests/gpu/bench_gpu.py --pairs 20000 --timeout 60 2>&1)

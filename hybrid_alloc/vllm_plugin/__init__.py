@@ -36,6 +36,9 @@ def register() -> None:
 
     for module in (block_size, kv_groups, capacity_log, scheduler, tensors):
         module.patch()
+    from . import global_mode
+
+    global_mode.patch()  # HYBRID_ALLOC_MODE=global: the allocator installed in each worker (global_mode.py)
 
 
 def unregister() -> None:

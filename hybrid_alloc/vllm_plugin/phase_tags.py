@@ -18,6 +18,8 @@ import functools
 
 from hybrid_alloc import allocator
 
+from . import patching
+
 RUNNER_PHASES = {
     "load_model": "weights",
     "profile_run": "activations",
@@ -54,18 +56,18 @@ def _runtime_after(method):
 
 
 def wrap_runner(cls) -> None:
-    """Tag the RUNNER_PHASES methods of a model-runner class (idempotent)."""
+    """Tag the RUNNER_PHASES methods of a model-runner class (idempotent; recorded in ``patching``)."""
     for name, tag in RUNNER_PHASES.items():
         method = cls.__dict__[name]
         if not hasattr(method, "hybrid_alloc_phase"):
-            setattr(cls, name, _tagged(method, tag))
+            patching.replace([cls], name, _tagged(method, tag))
 
 
 def wrap_worker(cls) -> None:
     """Make ``runtime`` the base tag once the worker's start-up is over (idempotent)."""
     method = cls.__dict__[RUNTIME_AFTER]
     if not hasattr(method, "hybrid_alloc_phase"):
-        setattr(cls, RUNTIME_AFTER, _runtime_after(method))
+        patching.replace([cls], RUNTIME_AFTER, _runtime_after(method))
 
 
 def patch() -> None:

@@ -78,10 +78,14 @@ PATCHED = {
 
 
 def patch() -> None:
-    """Point the functions of PATCHED at the allocator (global mode only; idempotent)."""
+    """Point the functions of PATCHED at the allocator (global mode only; idempotent; recorded in
+    ``patching``, so ``vllm_plugin.unregister()`` restores torch's own)."""
     import torch
+
+    from . import patching
 
     for namespace, functions in PATCHED.items():
         module = getattr(torch, namespace)
         for name, fn in functions.items():
-            setattr(module, name, fn)
+            if vars(module).get(name) is not fn:
+                patching.replace([module], name, fn)

@@ -31,3 +31,8 @@ def test_driver_sees_1gib_slab(run_case):
 
 def test_plugin_kv_buffer_is_an_arena_slab(run_case):
     print(run_case("plugin_kv_buffer"))
+
+
+def test_vllm_engine_global_mode(run_case):
+    """Issue 6: a tiny vLLM engine in global mode, eager and with CUDA graphs (three engine starts)."""
+    print(run_case("vllm_global", timeout=1500))

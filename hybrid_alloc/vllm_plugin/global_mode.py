@@ -1,0 +1,132 @@
+"""Global mode (``HYBRID_ALLOC_MODE=global``): the allocator is every vLLM worker's process-wide CUDA allocator.
+
+``HYBRID_ALLOC_MODE``: ``mempool`` (the default: only the KV cache goes through the allocator, via a
+``MemPool``) or ``global``; any other value logs one line naming the valid values and keeps ``mempool``.
+
+Where: ``patch()`` (from ``register()``, in every vLLM process; it imports no CUDA) wraps
+``WorkerWrapperBase.init_device`` (``vllm/v1/worker/worker_base.py``: 0.32 line 346, 0.33 line 361). That
+method runs only in a worker process (the engine core's own process when it is also the worker: the
+uniprocess executor), for every worker class and platform, after ``init_worker`` and right before it calls
+the worker's ``init_device``, whose first CUDA calls are ``torch.accelerator.device_count`` /
+``set_device_index`` (``vllm/v1/worker/gpu_worker.py`` ``Worker.init_device``: 0.32 lines 436/492/501, 0.33
+lines 449/487/496). Called by ``uniproc_executor.py:69`` (both releases), ``multiproc_executor.py``
+``WorkerProc.__init__`` (0.32 line 679, 0.33 line 780) and 0.32's Ray executor (``collective_rpc("init_device")``,
+``ray_executor.py:374``; 0.33's Ray executor is not checked). Running
+inside the worker makes it independent of the start method: with fork the wrapped method is inherited,
+with spawn ``register()`` runs again in the worker (``init_worker`` loads the plugins) before it is called.
+
+There, before the worker's ``init_device``: ``allocator.install()`` (``change_current_allocator`` with every
+bridge hook live), then ``profiler_stats.patch()`` (vLLM's memory profiler reads the allocator's statistics)
+and ``phase_tags.patch()`` (``weights``, ``activations``, ``kv_cache``, ``cudagraph``, ``runtime``). If that
+cannot be done, one line "hybrid-alloc: global mode unavailable: <reason>; running in mempool mode" and
+nothing else changes for global mode: a non-CUDA device (the CPU engine), sleep mode (vLLM's cumem
+``MemPool`` would be routed to this allocator's pools), CUDA already initialised in the worker process
+(e.g. forked after CUDA init), or ``install()`` failing (PyTorch without CUDA, library or bridge missing).
+
+CUDA graphs: capture under the pluggable allocator (the bridge's begin/end/release pool hooks route the
+capture stream's allocations to a private pool of the library; the bridge replaces PyTorch's stream filter
+with the capture stream, so allocations on other streams joined into a capture, e.g. vLLM's auxiliary
+streams, are not kept in the pool: an open risk) has not been run under vLLM on a GPU:
+global mode keeps vLLM's behaviour and logs once that capture under global mode is unverified (only when
+``cudagraph_mode`` is not NONE). ``tests/gpu/gpu_cases.py`` ``case_vllm_global`` is the check.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import log, patching
+
+ENV = "HYBRID_ALLOC_MODE"
+MODES = ("mempool", "global")
+DEFAULT = "mempool"
+UNAVAILABLE = "hybrid-alloc: global mode unavailable: {}; running in mempool mode"
+ENABLED = "hybrid-alloc: global mode: this worker's CUDA allocator is hybrid-alloc (hooks: {})"
+GRAPHS_UNVERIFIED = (
+    "hybrid-alloc: global mode: CUDA graph capture under the pluggable allocator is unverified with this vLLM "
+    "(capture runs as vLLM does it; pass --enforce-eager to avoid it)"
+)
+
+_original = None
+
+
+def mode() -> str:
+    """The mode ``$HYBRID_ALLOC_MODE`` asks for: 'mempool' (unset, empty or invalid) or 'global'."""
+    value = os.environ.get(ENV, "")
+    if value in MODES:
+        return value
+    if value:
+        log.once(
+            f"hybrid-alloc: {ENV}={value!r} is not a valid mode (valid: {', '.join(MODES)}); "
+            f"running in {DEFAULT} mode"
+        )
+    return DEFAULT
+
+
+def patch() -> None:
+    """Wrap the worker's device initialisation (global mode only; nothing else happens in this process)."""
+    global _original
+    if mode() != "global":
+        return
+    from vllm.v1.worker.worker_base import WorkerWrapperBase
+
+    if getattr(vars(WorkerWrapperBase)["init_device"], "hybrid_alloc_global", False):
+        return
+    _original = patching.replace([WorkerWrapperBase], "init_device", _init_device)
+
+
+def _init_device(self, *args, **kwargs):
+    enable(self.vllm_config)
+    return _original(self, *args, **kwargs)
+
+
+_init_device.hybrid_alloc_global = True
+
+
+def unavailable_reason(vllm_config) -> str | None:
+    """Why global mode cannot be installed in this worker before the allocator is tried (None: try it)."""
+    device_type = getattr(vllm_config.device_config, "device_type", None)
+    if device_type != "cuda":
+        return f"the device is {device_type!r}, not CUDA"
+    if getattr(vllm_config.model_config, "enable_sleep_mode", False):
+        return "sleep mode (cumem allocator) is on"
+    import torch
+
+    if torch.cuda.is_initialized():
+        return "CUDA is already initialised in this worker process (e.g. forked after CUDA init)"
+    return None
+
+
+def enable(vllm_config) -> bool:
+    """In a worker, before its first CUDA call: install the allocator and the global-mode patches, or log
+    the one fail-closed line. True if global mode is on in this process."""
+    from hybrid_alloc import allocator
+
+    if allocator.installed():
+        return True
+    reason = unavailable_reason(vllm_config)
+    if reason is None:
+        try:
+            allocator.install()
+        except allocator.AllocatorError as e:
+            reason = str(e)
+        except Exception as e:  # noqa: BLE001 (library not loadable, torch refusing: stay in mempool mode)
+            reason = f"{type(e).__name__}: {e}"
+    if reason is not None:
+        log.once(UNAVAILABLE.format((reason.strip().splitlines() or ["unknown"])[0]))
+        return False
+    from . import phase_tags, profiler_stats
+
+    profiler_stats.patch()
+    phase_tags.patch()
+    log.once(ENABLED.format(", ".join(allocator.live_hooks()) or "alloc/free only"))
+    if _captures_graphs(vllm_config):
+        log.once(GRAPHS_UNVERIFIED)
+    return True
+
+
+def _captures_graphs(vllm_config) -> bool:
+    graph_mode = getattr(vllm_config.compilation_config, "cudagraph_mode", None)
+    if graph_mode is None:
+        return not getattr(vllm_config.model_config, "enforce_eager", False)
+    return getattr(graph_mode, "name", str(graph_mode)) != "NONE"
