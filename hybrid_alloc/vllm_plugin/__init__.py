@@ -8,7 +8,7 @@ engine (``fail_closed.config_reason``, ``fail_closed.spec_reason``) and otherwis
 Modules, one concern each: ``versions`` (supported releases), ``fail_closed`` (when to stay stock),
 ``block_size`` (no inflation, no padding; workers), ``kv_groups`` (groups, tensors, block count; engine
 core), ``capacity_log`` (true capacity), ``block_pool`` + ``scheduler`` (ordered free ids, state slots),
-``tensors`` (the buffer and views; workers); ``patching`` records every replaced vLLM attribute,
+``tensors`` (the buffer and views; workers), ``global_mode`` (``HYBRID_ALLOC_MODE=global``); ``patching`` records every replaced vLLM attribute,
 ``versions`` says where each supported release keeps them.
 """
 
@@ -32,13 +32,11 @@ def register() -> None:
     if reason:
         fail_closed.stock(reason)
         return
-    from . import block_size, capacity_log, kv_groups, scheduler, tensors
+    from . import block_size, capacity_log, global_mode, kv_groups, scheduler, tensors
 
-    for module in (block_size, kv_groups, capacity_log, scheduler, tensors):
+    # global_mode: with HYBRID_ALLOC_MODE=global, the allocator is installed in each worker
+    for module in (block_size, kv_groups, capacity_log, scheduler, tensors, global_mode):
         module.patch()
-    from . import global_mode
-
-    global_mode.patch()  # HYBRID_ALLOC_MODE=global: the allocator installed in each worker (global_mode.py)
 
 
 def unregister() -> None:
