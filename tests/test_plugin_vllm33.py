@@ -124,7 +124,8 @@ def test_natural_configs_equal_the_trace(config_name, pp, plugin, tmp_path_facto
 def test_scheduler_never_gives_a_block_to_two_owners(plugin, tmp_path_factory):
     """vLLM 0.33's KVCacheManager on the natural config of Qwen3.5-9B at PP=3 (padded strides, shared k):
     random admissions, growth and frees; every held block id has exactly one owner, slots are aligned
-    runs, and freeing everything returns the pool to full."""
+    runs, the usage metric counts held blocks, and freeing everything returns the pool to full (so
+    ``reset_prefix_cache`` succeeds)."""
     from vllm.v1.core.kv_cache_manager import KVCacheManager
     from vllm.v1.core.kv_cache_utils import generate_scheduler_kv_cache_config, resolve_kv_cache_block_sizes
     from vllm.v1.request import Request
@@ -174,10 +175,12 @@ def test_scheduler_never_gives_a_block_to_two_owners(plugin, tmp_path_factory):
                 assert block_id not in owners, f"block {block_id} held by {owners.get(block_id)} and {rid}"
                 owners[block_id] = rid
         assert pool.get_num_free_blocks() == total_free - len(owners)
+        assert pool.get_usage() == pytest.approx(len(owners) / (pool.num_gpu_blocks - 1))  # vllm:kv_cache_usage_perc
     assert admitted > 20 and refused > 0  # the pool filled up and admission refused some
     for rid in list(running):
         manager.free(running.pop(rid))
-    assert pool.get_num_free_blocks() == total_free
+    assert pool.get_num_free_blocks() == total_free and pool.get_usage() == 0
+    assert manager.reset_prefix_cache()  # refuses while any block is held: the pool must be whole again
 
 
 def _connector():
