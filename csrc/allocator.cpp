@@ -52,6 +52,8 @@ DeviceState* Allocator::dev(int device, const char* what) {
   d = devs_[device].load(std::memory_order_relaxed);
   if (!d) {
     d = new DeviceState(backend_.get(), device);
+    d->owner = this;
+    d->caching.set_segment_hook(&Allocator::segment_event, d);
     update_limit(d);  // not yet shared: no lock needed
     devs_[device].store(d, std::memory_order_release);
   }
@@ -148,9 +150,9 @@ bool Allocator::free_on(DeviceState* d, void* p, Stream s) {
     size_t req = b->requested;
     int tag = b->tag;
     uint64_t pool = b->seg->pool->id;
+    record(d, TraceOp::Free, p, req, s, tag, pool);  // before a segment_unmap the free may cause
     d->caching.free(b, s);
     d->stats.on_free(Path::Caching, tag, req);
-    record(d, TraceOp::Free, p, req, s, tag, pool);
     return true;
   }
   if (d->arena.contains(p) && d->arena.find(p)) {

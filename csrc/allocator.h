@@ -22,6 +22,8 @@
 
 namespace hybrid_alloc {
 
+class Allocator;
+
 struct DeviceState {
   DeviceState(Backend* b, int device) : arena(&budget, &stats), caching(&budget, &stats) {
     budget.backend = b;
@@ -34,6 +36,7 @@ struct DeviceState {
   Arena arena;
   Caching caching;
   double fraction = 0;  // set_memory_fraction (0 = none)
+  Allocator* owner = nullptr;  // for the segment trace hook
 };
 
 class Allocator {
@@ -91,6 +94,11 @@ class Allocator {
       d->trace.push(TraceEvent{now_ns(), reinterpret_cast<uintptr_t>(p), size, reinterpret_cast<uintptr_t>(s),
                                pool, d->budget.device, static_cast<uint16_t>(tag), op},
                     trace_capacity_.load(std::memory_order_relaxed));
+  }
+  static void segment_event(void* ctx, bool mapped, const Segment& sg) {  // Caching's SegmentHook
+    DeviceState* d = static_cast<DeviceState*>(ctx);
+    d->owner->record(d, mapped ? TraceOp::SegmentMap : TraceOp::SegmentUnmap, sg.base, sg.size, sg.stream, sg.tag,
+                     sg.pool->id);
   }
   void oom(DeviceState* d, const char* path, size_t size, int tag, Stream s, const std::string& why);
   std::string state(DeviceState* d);

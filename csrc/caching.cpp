@@ -191,6 +191,7 @@ Block* PtrMap::erase(const void* key) {
 Caching::Caching(Budget* budget, DeviceStats* stats) : budget_(budget), stats_(stats) {}
 
 Caching::~Caching() {
+  hook_ = nullptr;  // teardown is not traced
   for (auto& pe : pending_) budget_->backend->destroy_event(pe.ev);
   auto drop = [&](PoolState* pool) {
     while (pool->segs) free_segment(pool->segs);
@@ -257,6 +258,7 @@ Block* Caching::new_segment(PoolState* pool, FreeList* fl, size_t rounded, int t
   reserved_ += seg_size;
   budget_->held += seg_size;
   stats_->on_reserve(Path::Caching, static_cast<int64_t>(seg_size), tag, static_cast<int64_t>(seg_size));
+  if (hook_) hook_(hook_ctx_, true, *sg);
   Block* b = get_block();
   b->ptr = sg->base;
   b->size = seg_size;
@@ -266,6 +268,7 @@ Block* Caching::new_segment(PoolState* pool, FreeList* fl, size_t rounded, int t
 }
 
 void Caching::free_segment(Segment* sg) {
+  if (hook_) hook_(hook_ctx_, false, *sg);
   PoolState* pool = sg->pool;
   for (Block* b = sg->first; b;) {
     Block* n = b->next;

@@ -105,9 +105,17 @@ class PtrMap {
   int shift_ = 0;
 };
 
+// Called under the device mutex right after a segment is obtained from the backend (mapped = true) and
+// right before one is returned to it (mapped = false): the allocator records trace events through it.
+using SegmentHook = void (*)(void* ctx, bool mapped, const Segment& sg);
+
 class Caching {
  public:
   Caching(Budget* budget, DeviceStats* stats);
+  void set_segment_hook(SegmentHook fn, void* ctx) {
+    hook_ = fn;
+    hook_ctx_ = ctx;
+  }
   ~Caching();
   Caching(const Caching&) = delete;
   Caching& operator=(const Caching&) = delete;
@@ -169,6 +177,8 @@ class Caching {
   std::vector<std::unique_ptr<Block[]>> chunks_;
   Block* spare_ = nullptr;
   size_t nsegments_ = 0, reserved_ = 0, pending_bytes_ = 0;
+  SegmentHook hook_ = nullptr;
+  void* hook_ctx_ = nullptr;
 };
 
 }  // namespace hybrid_alloc

@@ -16,6 +16,8 @@ const char* trace_op_name(TraceOp op) {
     case TraceOp::SlabAlloc: return "slab_alloc";
     case TraceOp::SlabFree: return "slab_free";
     case TraceOp::Oom: return "oom";
+    case TraceOp::SegmentMap: return "segment_map";
+    case TraceOp::SegmentUnmap: return "segment_unmap";
   }
   return "?";
 }
@@ -45,7 +47,7 @@ int64_t write_trace_jsonl(const char* path, std::vector<TraceEvent>& events, uin
     return -1;
   }
   fprintf(f, "{\"type\":\"header\",\"version\":1,\"events\":%zu,\"dropped\":%llu,\"capacity\":%zu,"
-             "\"backend\":\"%s\"}\n",
+             "\"backend\":\"%s\",\"segments\":1}\n",
           events.size(), (unsigned long long)dropped, capacity, backend);
   for (const TraceEvent& e : events)
     fprintf(f,

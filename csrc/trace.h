@@ -9,7 +9,9 @@
 
 namespace hybrid_alloc {
 
-enum class TraceOp : uint8_t { Alloc, Free, SlabAlloc, SlabFree, Oom };
+// SegmentMap/SegmentUnmap: the caching path obtained a segment from / returned one to the backend (ptr =
+// segment base, size = segment bytes, tag = the tag charged with it, pool = its graph pool).
+enum class TraceOp : uint8_t { Alloc, Free, SlabAlloc, SlabFree, Oom, SegmentMap, SegmentUnmap };
 const char* trace_op_name(TraceOp op);
 
 struct TraceEvent {

@@ -73,7 +73,8 @@ def test_peaks_live_and_counts(recorded):
     assert (s.total.peak, s.total.live) == (9 * MiB + 512 * KiB + 5, 2 * MiB + 512 * KiB + 5)
     assert s.total.peak_t_ns == s.tags["ta_kv"].peak_t_ns == kv_alloc["t_ns"]
     assert s.tags["ta_weights"].peak_t_ns == [e for e in events if e["size"] == MiB + 5][0]["t_ns"]
-    assert s.ops == {"alloc": 4, "slab_alloc": 2, "free": 2, "slab_free": 1, "oom": 0}
+    requests = {op: n for op, n in s.ops.items() if not op.startswith("segment_")}  # segments: see below
+    assert requests == {"alloc": 4, "slab_alloc": 2, "free": 2, "slab_free": 1, "oom": 0}
     assert (s.live_at_end, s.unmatched_frees, s.header["dropped"]) == (3, 0, 0)
     largest = [(a.size, a.tag, a.stream, a.op) for a in s.largest]
     assert largest == [(4 * MiB, "ta_kv", "0x0", "slab_alloc"), (3 * MiB, "ta_weights", "0x0", "alloc"),
@@ -97,7 +98,8 @@ def test_frees_whose_alloc_the_ring_dropped(tmp_path, capsys):
     finally:
         allocator.trace_enable(False, 0)
     s = summarize(path)
-    assert (s.unmatched_frees, s.unmatched_free_bytes, s.header["dropped"]) == (2, 5 * MiB, 4)
+    assert (s.unmatched_frees, s.unmatched_free_bytes) == (2, 5 * MiB)
+    assert s.header["events"] == 4 and s.header["dropped"] >= 4  # 8 requests + segment_maps, 4 kept
     assert (s.tags["ta_ring"].peak, s.total.live, s.live_at_end) == (5 * MiB, 0, 0)
     code, out, _ = _run(capsys, "--from", path)
     assert code == 0 and "2 frees (5.00 MiB) have no alloc in the trace" in " ".join(out.split())
@@ -107,7 +109,7 @@ def test_table(recorded, capsys):
     code, out, err = _run(capsys, "--from", recorded)
     assert (code, err) == (0, "")
     assert "ta_weights" in out and "ta_kv" in out and fmt_bytes(9 * MiB + 512 * KiB + 5) in out
-    assert "no reserved or segment events" in " ".join(out.split())  # rich wraps lines
+    assert "Reserved and fragmentation" in out and "no reserved or segment events" not in " ".join(out.split())
 
 
 def test_json(recorded, capsys):
@@ -116,7 +118,8 @@ def test_json(recorded, capsys):
     report = json.loads(out)
     assert set(report) == {"file", "header", "duration_ns", "counts", "total", "tags", "fragmentation",
                            "fragmentation_note", "largest", "timeline"}
-    assert set(report["counts"]) == {"events", "allocs", "frees", "slab_allocs", "slab_frees", "ooms",
+    assert set(report["counts"]) == {"events", "allocs", "frees", "slab_allocs", "slab_frees", "segment_maps",
+                                     "segment_unmaps", "ooms",
                                      "unmatched_frees", "unmatched_free_bytes", "live_at_end", "dropped",
                                      "devices", "streams"}
     assert [t["tag"] for t in report["tags"]] == ["ta_weights", "ta_kv", "ta_act"]  # by peak
@@ -124,11 +127,17 @@ def test_json(recorded, capsys):
                                       "live_at_end_bytes"}
     assert [a["size"] for a in report["largest"]] == [4 * MiB, 3 * MiB]
     assert set(report["largest"][0]) == {"size", "tag", "stream", "device", "op", "t_alloc_ns", "lifetime_ns"}
-    assert report["fragmentation"] is None and report["counts"]["events"] == len(_events(recorded))
+    assert set(report["fragmentation"]) == {"reserved_peak_bytes", "reserved_peak_t_ns", "reserved_at_end_bytes",
+                                            "peak_bytes", "peak_t_ns", "at_end_bytes", "segments_at_end",
+                                            "segment_bytes_at_end", "unmatched_unmaps"}
+    assert report["counts"]["events"] == len(_events(recorded))
     # Each interval holds the most bytes live in it: the highest interval is the peak.
     timeline = report["timeline"]
     assert {tag: max(v) for tag, v in timeline["bytes"].items()} == {t["tag"]: t["peak_bytes"] for t in report["tags"]}
     assert all(len(v) == len(timeline["t_ns"]) for v in timeline["bytes"].values())
+    assert max(timeline["reserved"]) == report["fragmentation"]["reserved_peak_bytes"]
+    assert max(timeline["fragmentation"]) == report["fragmentation"]["peak_bytes"]
+    assert len(timeline["reserved"]) == len(timeline["fragmentation"]) == len(timeline["t_ns"])
 
 
 def test_plot(recorded, tmp_path, capsys):
@@ -183,3 +192,105 @@ def test_reformatted_json_lines_read_the_same(recorded, tmp_path):
     path.write_text("".join(json.dumps(json.loads(line), indent=None) + "\n" for line in open(recorded)))
     a, b = summarize(recorded), summarize(str(path))
     assert [b.tags, b.total, b.largest, b.ops, b.timeline] == [a.tags, a.total, a.largest, a.ops, a.timeline]
+
+
+F = 0x5E6  # a stream no other test uses: its segments are mapped inside the trace
+
+
+@pytest.fixture(scope="module")
+def fragmented(tmp_path_factory):
+    """A trace whose reserved and fragmentation are known by hand (comments: reserved, live, reserved - live)."""
+    core = allocator.core()
+    path = str(tmp_path_factory.mktemp("frag") / "frag.jsonl")
+    core.empty_cache()  # no free segment mapped before the trace is unmapped inside it
+    allocator.trace_enable(True, 4096)
+    allocator.trace_clear()
+    try:
+        with allocator.tag("fr_small"):
+            s1 = core.malloc(100_000, 0, F)  # maps a 2 MiB small segment: 2M, 100000, 2M - 100000
+        with allocator.tag("fr_large"):
+            l1 = core.malloc(3 * MiB, 0, F)  # maps a 20 MiB segment: 22M, 3M + 100000, 19M - 100000
+        sl = allocator.slab_alloc(MiB, tag="fr_slab")  # a slab: reserved = live: 23M, 4M + 100000, same
+        core.free(l1, 3 * MiB, 0, F)  # 23M, 1M + 100000, 22M - 100000 (the peak)
+        core.empty_cache()  # unmaps the 20 MiB segment: 3M, 1M + 100000, 2M - 100000
+        allocator.slab_free(sl)  # 2M, 100000, 2M - 100000
+        core.free(s1, 100_000, 0, F)  # 2M, 0, 2M (the small segment stays cached)
+        allocator.trace(path)
+    finally:
+        allocator.trace_enable(False, 0)
+    core.empty_cache()
+    return path
+
+
+def test_fragmentation_by_hand(fragmented):
+    s = summarize(fragmented)
+    events = _events(fragmented)
+    f = s.fragmentation
+    assert s.header["segments"] == 1
+    assert [(e["op"], e["size"]) for e in events if e["op"].startswith("segment_")] == [
+        ("segment_map", 2 * MiB), ("segment_map", 20 * MiB), ("segment_unmap", 20 * MiB)]
+    free_l1 = [e for e in events if e["op"] == "free" and e["size"] == 3 * MiB][0]
+    slab = [e for e in events if e["op"] == "slab_alloc"][0]
+    assert (f.peak, f.peak_t_ns) == (22 * MiB - 100_000, free_l1["t_ns"])
+    assert (f.reserved_peak, f.reserved_peak_t_ns) == (23 * MiB, slab["t_ns"])
+    assert (f.reserved_at_end, f.at_end, f.segments_at_end, f.segment_bytes_at_end) == (2 * MiB, 2 * MiB, 1, 2 * MiB)
+    assert (f.unmatched_unmaps, f.note) == (0, None)
+    assert max(s.timeline_reserved) == 23 * MiB and s.timeline_reserved[-1] == 2 * MiB
+    assert max(s.timeline_fragmentation) == 22 * MiB - 100_000 and s.timeline_fragmentation[-1] == 2 * MiB
+
+
+def test_fragmentation_json_and_table(fragmented, capsys):
+    code, out, _ = _run(capsys, "--from", fragmented, "--json")
+    report = json.loads(out)
+    t0 = _events(fragmented)[0]["t_ns"]
+    free_l1 = [e for e in _events(fragmented) if e["op"] == "free" and e["size"] == 3 * MiB][0]
+    assert report["fragmentation"] == {
+        "reserved_peak_bytes": 23 * MiB, "reserved_peak_t_ns": report["fragmentation"]["reserved_peak_t_ns"],
+        "reserved_at_end_bytes": 2 * MiB, "peak_bytes": 22 * MiB - 100_000, "peak_t_ns": free_l1["t_ns"] - t0,
+        "at_end_bytes": 2 * MiB, "segments_at_end": 1, "segment_bytes_at_end": 2 * MiB, "unmatched_unmaps": 0}
+    assert report["fragmentation_note"] is None
+    assert (report["counts"]["segment_maps"], report["counts"]["segment_unmaps"]) == (2, 1)
+    code, out, _ = _run(capsys, "--from", fragmented)
+    assert code == 0 and fmt_bytes(22 * MiB - 100_000) in out and fmt_bytes(23 * MiB) in out
+
+
+def test_old_trace_without_segment_events(fragmented, tmp_path, capsys):
+    """A dump from before segment events (no "segments" in the header, no segment lines): the note, no numbers."""
+    lines = []
+    for line in open(fragmented):
+        rec = json.loads(line)
+        if rec.get("type") == "header":
+            del rec["segments"]
+            lines.append(json.dumps(rec))
+        elif not rec["op"].startswith("segment_"):
+            lines.append(line.rstrip("\n"))
+    old = tmp_path / "old.jsonl"
+    old.write_text("\n".join(lines) + "\n")
+    assert summarize(str(old)).fragmentation is None
+    code, out, _ = _run(capsys, "--from", str(old), "--json")
+    report = json.loads(out)
+    assert report["fragmentation"] is None and "no reserved or segment events" in report["fragmentation_note"]
+    assert "reserved" not in report["timeline"]
+    code, out, _ = _run(capsys, "--from", str(old))
+    assert code == 0 and "no reserved or segment events" in " ".join(out.split())
+
+
+def test_fragmentation_when_tracing_starts_late(tmp_path):
+    """Segments mapped before the trace: reserved is undercounted, and the report says so."""
+    core = allocator.core()
+    path = str(tmp_path / "late.jsonl")
+    core.empty_cache()
+    p = core.malloc(3 * MiB, 0, F + 1)  # maps a 20 MiB segment before tracing
+    allocator.trace_enable(True, 4096)
+    allocator.trace_clear()
+    try:
+        q = core.malloc(MiB + 512 * KiB, 0, F + 1)  # carved from the untraced segment
+        core.free(p, 3 * MiB, 0, F + 1)
+        core.free(q, MiB + 512 * KiB, 0, F + 1)
+        core.empty_cache()  # unmaps a segment the trace never saw mapped
+        allocator.trace(path)
+    finally:
+        allocator.trace_enable(False, 0)
+    f = summarize(path).fragmentation
+    assert f.unmatched_unmaps == 1 and f.segments_at_end == 0
+    assert f.note.startswith("approximate:") and "mapped before tracing started" in f.note

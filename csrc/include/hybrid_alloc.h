@@ -132,11 +132,15 @@ HYBRID_ALLOC_API void hybrid_alloc_reset_peak_stats(int device);
  * Off by default (zero cost); on with hybrid_alloc_trace_enable or HYBRID_ALLOC_TRACE=path (then dumped
  * to path at process exit). When a ring is full the oldest event is overwritten and counted as dropped.
  * Dump format, JSON lines: first a header
- *   {"type":"header","version":1,"events":N,"dropped":D,"capacity":C,"backend":"host"}
+ *   {"type":"header","version":1,"events":N,"dropped":D,"capacity":C,"backend":"host","segments":1}
  * then one event per line in time order:
  *   {"t_ns":T,"op":"alloc","device":0,"stream":"0x0","ptr":"0x7f..","size":512,"tag":"other","pool":0}
  * t_ns: CLOCK_MONOTONIC ns; op: alloc|free (caching path), slab_alloc|slab_free (arena), oom (ptr "0x0",
- * size = request); size: bytes requested; pool: graph pool id (0 = general). */
+ * size = request), segment_map|segment_unmap (the caching path took a segment from / gave one back to
+ * the backend: ptr = segment base, size = segment bytes, tag = the tag charged with it, stream = the
+ * segment's stream); size: bytes requested; pool: graph pool id (0 = general). "segments":1 in the header
+ * marks traces that record segment events (older dumps lack it). Segments mapped before tracing started
+ * (or dropped from the ring) are absent: reserved bytes are exact when tracing is on from the start. */
 HYBRID_ALLOC_API int64_t hybrid_alloc_trace_dump(const char *path); /* events written, or < 0 */
 /* capacity_events: ring size per device (0 = keep; default 65536). Changing it clears the rings. */
 HYBRID_ALLOC_API void hybrid_alloc_trace_enable(int enabled, size_t capacity_events);

@@ -1,4 +1,5 @@
-"""Bytes live per tag over time, one line per tag (the most live in each interval), as a PNG.
+"""Bytes live per tag over time, one line per tag (the most live in each interval), and the bytes reserved
+(traces with segment events) as a dashed line, as a PNG.
 Drawn through report.png.write_png (matplotlib only with --plot)."""
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ def _draw(s: Summary, plt):
     for tag, st in s.tags_by_peak():
         ax.step(seconds, [v / mib for v in s.timeline[st.index]], where="post",
                 label=f"{tag} (peak {st.peak / mib:,.1f} MiB)")
+    f = s.fragmentation
+    if f is not None:
+        ax.step(seconds, [v / mib for v in s.timeline_reserved], where="post", color="black", linestyle="--",
+                label=f"reserved (peak {f.reserved_peak / mib:,.1f} MiB, fragmentation peak {f.peak / mib:,.1f} MiB)")
     ax.set_xlabel("seconds since the first event")
     ax.set_ylabel("MiB live (most in each interval)")
     ax.set_title(f"{s.path}: bytes live per tag, {s.events:,} events", fontsize=9)

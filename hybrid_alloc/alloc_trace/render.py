@@ -37,7 +37,28 @@ def print_summary(s: Summary, console: Console | None = None) -> None:
             f"[yellow]{s.unmatched_frees:,} frees ({fmt_bytes(s.unmatched_free_bytes)}) have no alloc in the trace "
             "(the ring dropped it; raise trace_capacity): left out of the bytes live[/yellow]"
         )
-    console.print(f"fragmentation: {FRAGMENTATION_MISSING}")
+    f = s.fragmentation
+    if f is None:
+        console.print(f"fragmentation: {FRAGMENTATION_MISSING}")
+        return
+    console.print(_fragmentation_table(s))
+    if f.note:
+        console.print(f"[yellow]fragmentation is {f.note}[/yellow]")
+
+
+def _fragmentation_table(s: Summary) -> Table:
+    f = s.fragmentation
+    table = Table(title="Reserved and fragmentation (reserved = caching segments mapped + live slabs; "
+                  "fragmentation = reserved - live)", title_justify="left")
+    for name in ("", "peak", "peak at", "at end"):
+        table.add_column(name, justify="left" if not name else "right")
+    table.add_row("reserved", fmt_bytes(f.reserved_peak), fmt_ns(f.reserved_peak_t_ns - s.t0_ns),
+                  fmt_bytes(f.reserved_at_end))
+    table.add_row("live", fmt_bytes(s.total.peak), fmt_ns(s.total.peak_t_ns - s.t0_ns), fmt_bytes(s.total.live))
+    table.add_row("[bold]fragmentation[/bold]", f"[bold]{fmt_bytes(f.peak)}[/bold]", fmt_ns(f.peak_t_ns - s.t0_ns),
+                  fmt_bytes(f.at_end))
+    table.caption = f"{f.segments_at_end:,} caching segments ({fmt_bytes(f.segment_bytes_at_end)}) mapped at the end"
+    return table
 
 
 def _tag_table(s: Summary) -> Table:

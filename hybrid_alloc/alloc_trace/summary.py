@@ -1,6 +1,11 @@
 """One streaming pass over a JSON-lines allocation trace (the format in csrc/include/hybrid_alloc.h) into a
-Summary. Memory is O(live allocations + tags + top N) plus three compact arrays for the timeline: no
-per-event Python objects are kept."""
+Summary. Memory is O(live allocations + mapped segments + tags + top N) plus compact arrays for the
+timelines: no per-event Python objects are kept.
+
+Fragmentation (traces with segment events): reserved = bytes of the caching segments mapped (segment_map
+minus segment_unmap) + bytes of the live arena slabs (a slab is its own reservation: reserved = live);
+live = bytes of the live allocations + live slabs; fragmentation = reserved - live, i.e. the bytes the
+caching segments hold that no live allocation uses (cached free blocks, split remainders, rounding)."""
 
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ from hybrid_alloc.errors import UserError
 FIELDS = ("t_ns", "op", "device", "stream", "ptr", "size", "tag")
 ALLOC_OPS = ("alloc", "slab_alloc")
 FREE_OPS = ("free", "slab_free")
-OPS = ALLOC_OPS + FREE_OPS + ("oom",)
+SEGMENT_OPS = ("segment_map", "segment_unmap")
+OPS = ALLOC_OPS + FREE_OPS + ("oom",) + SEGMENT_OPS
 TIMELINE_POINTS = 200
 # The event line exactly as trace.cpp prints it: parsed without json.loads (5x faster); any other line
 # (the header, a hand-edited or reformatted event) goes through json.loads.
@@ -23,7 +29,7 @@ _DUMPED_EVENT = re.compile(
     r'\{"t_ns":(\d+),"op":"([a-z_]+)","device":(-?\d+),"stream":"(0x[0-9a-f]+)","ptr":"(0x[0-9a-f]+)",'
     r'"size":(\d+),"tag":"([^"\\]*)","pool":\d+\}\s*$'
 )
-# The dump format has request events only: nothing says how much the allocator held (segments, arena).
+# Traces dumped before segment events existed: nothing says how much the allocator held (segments, arena).
 FRAGMENTATION_MISSING = (
     "the trace records requests only (alloc/free/slab/oom), no reserved or segment events: reserved minus "
     "live cannot be computed from it (allocator.stats() reports reserved bytes in a running process)"
@@ -38,6 +44,22 @@ class TagStats:
     live: int = 0  # bytes live now; at the end of the pass: live at the end of the trace
     peak: int = 0
     peak_t_ns: int = 0  # absolute time of the first event that reached `peak`
+
+
+@dataclass
+class Fragmentation:
+    """Reserved and reserved - live (module docstring); times absolute, bytes integers."""
+
+    reserved_peak: int
+    reserved_peak_t_ns: int
+    reserved_at_end: int
+    peak: int  # most reserved - live at any event
+    peak_t_ns: int
+    at_end: int
+    segments_at_end: int  # caching segments still mapped at the end
+    segment_bytes_at_end: int
+    unmatched_unmaps: int  # segment_unmap without its segment_map in the trace (mapped before it / dropped)
+    note: str | None  # why the numbers are approximate; None when the trace has all it needs
 
 
 @dataclass
@@ -68,6 +90,9 @@ class Summary:
     largest: list[Allocation]  # by size, largest first
     timeline_t_ns: list[int] = field(default_factory=list)  # start of each interval, relative to t0_ns
     timeline: list[list[int]] = field(default_factory=list)  # [tag index][interval]: most bytes live in it
+    fragmentation: Fragmentation | None = None  # None: the trace has no segment events (an older dump)
+    timeline_reserved: list[int] = field(default_factory=list)  # [interval]: most bytes reserved in it
+    timeline_fragmentation: list[int] = field(default_factory=list)  # [interval]: most reserved - live in it
 
     @property
     def events(self) -> int:
@@ -102,6 +127,14 @@ def _summarize(lines, path: str, top: int) -> Summary:
     t0 = t1 = None
     # Timeline: after every alloc/free, the tag's row and its bytes live.
     ts, rows, values = array("q"), array("l"), array("q")
+    # Reserved bytes: mapped segments ((device, ptr) -> size) + live slabs. After every event that changes
+    # reserved or live: the time, reserved, reserved - live.
+    segments: dict[tuple, int] = {}
+    seg_bytes = slab_live = 0
+    unmatched_unmaps = 0
+    res_peak = res_peak_t = frag_peak = frag_peak_t = 0
+    frag_min = 0
+    rts, rvalues, fvalues = array("q"), array("q"), array("q")
 
     def keep(a, t_free, n):  # a: the live[] tuple; t_free None: live at the end; n: a unique tiebreak
         if len(heap) < top:
@@ -143,6 +176,8 @@ def _summarize(lines, path: str, top: int) -> Summary:
         if op in ALLOC_OPS:
             # The ring drops the oldest events first, so a pointer still live here has no later free dropped.
             live[(device, ptr)] = (size, tag, stream, device, op, t)
+            if op == "slab_alloc":
+                slab_live += size
             st = tags.get(tag)
             if st is None:
                 st = tags[tag] = TagStats(index=len(tags))
@@ -157,19 +192,52 @@ def _summarize(lines, path: str, top: int) -> Summary:
                 unmatched_bytes += size
                 continue
             size = a[0]
+            if a[4] == "slab_alloc":
+                slab_live -= size
             st = tags[a[1]]
             st.live -= size
             total.live -= size
             keep(a, t, n)
+        elif op == "segment_map":
+            # Mapped for the alloc that follows it: fragmentation counts it from that alloc on (else every
+            # new segment would show as a spike of its whole size between the two events).
+            segments[(device, ptr)] = size
+            seg_bytes += size
+            reserved = seg_bytes + slab_live
+            if reserved > res_peak:
+                res_peak, res_peak_t = reserved, t
+            rts.append(t)
+            rvalues.append(reserved)
+            fvalues.append(fvalues[-1] if fvalues else 0)
+            continue
+        elif op == "segment_unmap":
+            size = segments.pop((device, ptr), None)
+            if size is None:
+                unmatched_unmaps += 1
+                continue
+            seg_bytes -= size
+            st = None
         else:
             continue  # oom: counted only
-        if st.live > st.peak:
-            st.peak, st.peak_t_ns = st.live, t
-        if total.live > total.peak:
-            total.peak, total.peak_t_ns = total.live, t
-        ts.append(t)
-        rows.append(st.index)
-        values.append(st.live)
+        if st is not None:
+            if st.live > st.peak:
+                st.peak, st.peak_t_ns = st.live, t
+            if total.live > total.peak:
+                total.peak, total.peak_t_ns = total.live, t
+            ts.append(t)
+            rows.append(st.index)
+            values.append(st.live)
+        reserved = seg_bytes + slab_live
+        frag = reserved - total.live
+        if reserved > res_peak:
+            res_peak, res_peak_t = reserved, t
+        if frag > frag_peak:
+            frag_peak, frag_peak_t = frag, t
+        elif frag < frag_min:
+            frag_min = frag
+        rts.append(t)
+        rvalues.append(reserved)
+        fvalues.append(frag)
 
     if t0 is None:
         raise UserError(f"{path}: the trace holds no events")
@@ -184,7 +252,54 @@ def _summarize(lines, path: str, top: int) -> Summary:
         ],
     )
     summary.timeline_t_ns, summary.timeline = _timeline(ts, rows, values, len(tags), t0, t1)
+    if header.get("segments") or ops["segment_map"] or ops["segment_unmap"]:
+        reserved = seg_bytes + slab_live
+        summary.fragmentation = Fragmentation(
+            reserved_peak=res_peak, reserved_peak_t_ns=res_peak_t or t0, reserved_at_end=reserved,
+            peak=frag_peak, peak_t_ns=frag_peak_t or t0, at_end=reserved - total.live,
+            segments_at_end=len(segments), segment_bytes_at_end=seg_bytes, unmatched_unmaps=unmatched_unmaps,
+            note=_approximate(header, unmatched, unmatched_unmaps, frag_min),
+        )
+        summary.timeline_reserved, summary.timeline_fragmentation = _series(rts, rvalues, fvalues, t0, t1)
     return summary
+
+
+def _approximate(header: dict, unmatched_frees: int, unmatched_unmaps: int, frag_min: int) -> str | None:
+    """Why reserved / fragmentation are not exact, or None."""
+    why = []
+    if header.get("dropped"):
+        why.append(f"the ring dropped {header['dropped']:,} events (raise trace_capacity)")
+    elif unmatched_frees or unmatched_unmaps:
+        why.append("the trace lacks the alloc or segment_map of some frees or segment_unmaps")
+    if frag_min < 0:
+        why.append("allocations came from segments mapped before tracing started (reserved undercounted)")
+    return "approximate: " + "; ".join(why) if why else None
+
+
+def _series(ts, rvalues, fvalues, t0: int, t1: int) -> tuple[list[int], list[int]]:
+    """The intervals of _timeline; the most reserved and reserved - live at any time in each (one pass)."""
+    width = (t1 - t0) // TIMELINE_POINTS + 1
+    count = (t1 - t0) // width + 1
+    rout, fout = [0] * count, [0] * count
+    rcur = fcur = 0
+    bucket = 0
+    rmax = fmax = 0
+    for t, r, f in zip(ts, rvalues, fvalues):
+        b = (t - t0) // width
+        if b != bucket:
+            rout[bucket], fout[bucket] = rmax, fmax
+            rout[bucket + 1 : b] = [rcur] * (b - bucket - 1)
+            fout[bucket + 1 : b] = [fcur] * (b - bucket - 1)
+            bucket, rmax, fmax = b, rcur, fcur
+        rcur, fcur = r, f
+        if r > rmax:
+            rmax = r
+        if f > fmax:
+            fmax = f
+    rout[bucket], fout[bucket] = rmax, fmax
+    rout[bucket + 1 :] = [rcur] * (count - 1 - bucket)
+    fout[bucket + 1 :] = [fcur] * (count - 1 - bucket)
+    return rout, fout
 
 
 def _timeline(ts, rows, values, ntags: int, t0: int, t1: int) -> tuple[list[int], list[list[int]]]:

@@ -150,32 +150,38 @@ TEST(trace_dump_and_parse) {
   void* q = a->malloc(100, 1, nullptr);
   a->free(q, 100, 1, nullptr);
   std::string path = "/tmp/ha_trace_" + std::to_string(getpid()) + ".jsonl";
-  CHECK_EQ(a->trace_dump(path.c_str()), 6);
+  CHECK_EQ(a->trace_dump(path.c_str()), 8);
   std::vector<std::string> lines = read_lines(path);
-  REQUIRE(lines.size() == 7);
+  REQUIRE(lines.size() == 9);
   CHECK(field(lines[0], "type") == "header");
-  CHECK(field(lines[0], "events") == "6");
+  CHECK(field(lines[0], "events") == "8");
   CHECK(field(lines[0], "dropped") == "0");
   CHECK(field(lines[0], "backend") == "host");
-  const char* ops[] = {"alloc", "slab_alloc", "free", "slab_free", "alloc", "free"};
+  CHECK(field(lines[0], "segments") == "1");
+  const char* ops[] = {"segment_map", "alloc", "slab_alloc", "free", "slab_free", "segment_map", "alloc", "free"};
   uint64_t last_t = 0;
-  for (int i = 0; i < 6; ++i) {
+  for (int i = 0; i < 8; ++i) {
     CHECK(field(lines[i + 1], "op") == ops[i]);
     uint64_t t = std::stoull(field(lines[i + 1], "t_ns"));
     CHECK(t >= last_t);
     last_t = t;
   }
+  CHECK(field(lines[1], "size") == std::to_string(2 * MiB));  // the small segment p was carved from
   CHECK(field(lines[1], "ptr") == hex(p));
-  CHECK(field(lines[1], "size") == "1234");
   CHECK(field(lines[1], "tag") == "activations");
   CHECK(field(lines[1], "stream") == "0x42");
-  CHECK(field(lines[1], "device") == "0");
-  CHECK(field(lines[2], "tag") == "kv_cache");
-  CHECK(field(lines[2], "size") == "4096");
-  CHECK(field(lines[3], "ptr") == hex(p));
-  CHECK(field(lines[5], "device") == "1");
-  CHECK(field(lines[5], "tag") == "other");
-  CHECK(field(lines[5], "pool") == "0");
+  CHECK(field(lines[2], "ptr") == hex(p));
+  CHECK(field(lines[2], "size") == "1234");
+  CHECK(field(lines[2], "tag") == "activations");
+  CHECK(field(lines[2], "stream") == "0x42");
+  CHECK(field(lines[2], "device") == "0");
+  CHECK(field(lines[3], "tag") == "kv_cache");
+  CHECK(field(lines[3], "size") == "4096");
+  CHECK(field(lines[4], "ptr") == hex(p));
+  CHECK(field(lines[6], "device") == "1");
+  CHECK(field(lines[8], "device") == "1");
+  CHECK(field(lines[8], "tag") == "other");
+  CHECK(field(lines[8], "pool") == "0");
   std::remove(path.c_str());
   CHECK(a->trace_dump("/nonexistent-dir/x.jsonl") < 0);
   CHECK_CONTAINS(last_error(), "cannot open");
@@ -186,12 +192,12 @@ TEST(trace_ring_drops_oldest) {
   a->trace_enable(true, 4);
   std::vector<void*> v;
   for (int i = 0; i < 10; ++i) v.push_back(a->malloc(512 * (i + 1), 0, nullptr));
-  CHECK_EQ(a->trace_dropped(), 6u);
+  CHECK_EQ(a->trace_dropped(), 7u);  // segment_map + 10 allocs
   std::string path = "/tmp/ha_trace_ring_" + std::to_string(getpid()) + ".jsonl";
   CHECK_EQ(a->trace_dump(path.c_str()), 4);
   std::vector<std::string> lines = read_lines(path);
   REQUIRE(lines.size() == 5);
-  CHECK(field(lines[0], "dropped") == "6");
+  CHECK(field(lines[0], "dropped") == "7");
   CHECK(field(lines[1], "size") == std::to_string(512 * 7));  // the 4 newest survive
   CHECK(field(lines[4], "size") == std::to_string(512 * 10));
   a->trace_clear();
@@ -214,5 +220,50 @@ TEST(trace_oom_event) {
   REQUIRE(lines.size() == 2);
   CHECK(field(lines[1], "op") == "oom");
   CHECK(field(lines[1], "size") == std::to_string(3 * MiB));
+  std::remove(path.c_str());
+}
+
+// Segment events: which segment each request maps, in order, with its size; free keeps the segment cached;
+// empty_cache unmaps exactly the segments whose blocks are all free.
+TEST(trace_segment_events) {
+  auto a = fresh();
+  a->trace_enable(true, 64);
+  void* s1 = a->malloc(1000, 0, nullptr);         // maps a 2 MiB small segment
+  void* s2 = a->malloc(4000, 0, nullptr);         // same segment
+  void* l1 = a->malloc(3 * MiB, 0, nullptr);      // maps a 20 MiB large segment
+  void* d1 = a->malloc(25 * MiB + 1, 0, nullptr); // direct (no 17 MiB rest fits): 26 MiB, 2 MiB units
+  REQUIRE(s1 && s2 && l1 && d1);
+  a->free(s1, 1000, 0, nullptr);
+  a->free(l1, 3 * MiB, 0, nullptr);
+  a->free(d1, 25 * MiB + 1, 0, nullptr);
+  a->empty_cache();  // unmaps the 20 and 26 MiB segments; the small one still holds s2
+  std::string path = "/tmp/ha_trace_seg_" + std::to_string(getpid()) + ".jsonl";
+  CHECK_EQ(a->trace_dump(path.c_str()), 12);
+  std::vector<std::string> lines = read_lines(path);
+  REQUIRE(lines.size() == 13);
+  struct Want {
+    const char* op;
+    uint64_t size;
+  } want[] = {{"segment_map", 2 * MiB}, {"alloc", 1000},           {"alloc", 4000},
+              {"segment_map", 20 * MiB}, {"alloc", 3 * MiB},        {"segment_map", 26 * MiB},
+              {"alloc", 25 * MiB + 1},   {"free", 1000},            {"free", 3 * MiB},
+              {"free", 25 * MiB + 1}};
+  for (int i = 0; i < 10; ++i) {
+    CHECK(field(lines[i + 1], "op") == want[i].op);
+    CHECK(field(lines[i + 1], "size") == std::to_string(want[i].size));
+  }
+  CHECK(field(lines[1], "ptr") == hex(s1));  // the first block starts at the segment base
+  CHECK(field(lines[4], "ptr") == hex(l1));
+  CHECK(field(lines[6], "ptr") == hex(d1));
+  // The last two events unmap the 20 MiB and the 26 MiB segments (in segment-list order).
+  std::map<std::string, std::string> unmapped;  // ptr -> size
+  for (size_t i = 11; i < lines.size(); ++i) {
+    CHECK(field(lines[i], "op") == "segment_unmap");
+    unmapped[field(lines[i], "ptr")] = field(lines[i], "size");
+  }
+  CHECK(unmapped == (std::map<std::string, std::string>{{hex(l1), std::to_string(20 * MiB)},
+                                                         {hex(d1), std::to_string(26 * MiB)}}));
+  CHECK_EQ(stats_of(*a).caching.reserved, 2 * MiB);
+  a->free(s2, 4000, 0, nullptr);
   std::remove(path.c_str());
 }
