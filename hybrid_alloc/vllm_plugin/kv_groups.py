@@ -45,12 +45,18 @@ class SlotTensor(KVCacheTensor):
 class NaturalKVCacheConfig(KVCacheConfig):
     slot_blocks: int = 1  # k: block ids per state slot
     num_state_groups: int = 1
+    # "align" mode (prefix caching on): state block tables hold each slot's representative pool id s*k,
+    # so state views are indexed by pool id at the attention page stride (index s*k = slot s)
+    state_ids_are_block_ids: bool = False
 
     def num_blocks_of(self, tensor: KVCacheTensor) -> int:
         # Replaces KVCacheConfig.num_blocks_of (0.32: kv_cache_interface.py:1556) for the views that
         # allocate_kv_cache builds: state layers address slots, not blocks.
         if isinstance(tensor, SlotTensor):
-            return self.num_blocks // self.slot_blocks
+            runs = self.num_blocks // self.slot_blocks
+            if self.state_ids_are_block_ids:
+                return (runs - 1) * self.slot_blocks + 1  # the last representative; its page ends in the run
+            return runs
         return super().num_blocks_of(tensor)
 
     @property
@@ -138,11 +144,13 @@ def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num
         f"{layout.name}: attention pages not dense"
     )
 
+    align = vllm_config.cache_config.mamba_cache_mode == "align"
     tensors = [KVCacheTensor(size=size, layers=attention, layer_stride=region, block_stride=stride)]
     for name, r, offset in states:
         assert offset + worker_spec[name].page_size_bytes <= k * stride, "a slot does not hold its state pages"
         tensors.append(
-            SlotTensor(size=size, layers=[name], layer_stride=region, block_stride=k * stride, offset=r * region + offset)
+            SlotTensor(size=size, layers=[name], layer_stride=region, block_stride=stride if align else k * stride,
+                       offset=r * region + offset)
         )
     groups = natural_groups(worker_spec, state_specs)
     config = NaturalKVCacheConfig(
@@ -152,6 +160,7 @@ def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num
         prefix_cache_retention_interval=vllm_config.cache_config.prefix_cache_retention_interval,
         slot_blocks=k,
         num_state_groups=len(state_specs),
+        state_ids_are_block_ids=align,
     )
     config.kv_tp_replicas = kv_cache_groups_tp_replicas(
         groups, vllm_config.parallel_config.tensor_parallel_size, vllm_config.parallel_config.decode_context_parallel_size
