@@ -129,21 +129,33 @@ def test_attention_only_is_untouched(model, workdir):
     assert plugin.log == ["hybrid-alloc: leaving vLLM stock: the model has no state layers alongside attention (nothing to do)"]
 
 
-def test_prefix_caching_leaves_vllm_stock(model, workdir):
+def test_prefix_caching_runs_natural_align_mode(model, workdir):
+    """Prefix caching on: the plugin runs vLLM's "align" mode on natural pages (test_engine_prefix_caching.py
+    checks hits and outputs)."""
     s = spec(model("gdn"), "bfloat16", enable_prefix_caching=True)
     s["workloads"] = [{"prompts": SHORT["prompts"][:4], "max_tokens": 4}]
     plugin = run(workdir, s, plugin=True)
-    assert len(plugin.log) == 1 and "leaving vLLM stock: prefix caching is on" in plugin.log[0]
-    assert int(plugin.cache_config_info["block_size"]) > 32  # vLLM's inflated block
+    assert not plugin.lines("leaving vLLM stock")
+    assert plugin.cache_config_info["block_size"] == "32" and plugin.cache_config_info["mamba_cache_mode"] == "align"
+
+
+PP_BUDGET = 8_000_000  # large enough that the planner pads stage 0 (k = 2) rather than take k = 3
 
 
 def test_pipeline_parallel_3(model, workdir):
     s = {
         "model": model("mamba2_pp"),
-        "engine": {"dtype": "float32", "kv_cache_memory_bytes": BUDGET, "pipeline_parallel_size": 3, "enforce_eager": False},
+        "engine": {"dtype": "float32", "kv_cache_memory_bytes": PP_BUDGET, "pipeline_parallel_size": 3, "enforce_eager": False},
         "workloads": [{"prompts": SHORT["prompts"][:8] + LONG["prompts"][:1], "max_tokens": 8}],
     }
     env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     stock, plugin = run(workdir, s, plugin=False, env=env), run(workdir, s, plugin=True, env=env)
+    print("\n  " + "\n  ".join(plugin.log))
     assert plugin.workloads[0]["tokens"] == stock.workloads[0]["tokens"]
-    assert len(plugin.lines("KV cache allocated")) == 3 and plugin.cache_config_info["block_size"] == "32"
+    plan = natural_plan(model("mamba2_pp"), pp=3, budget=PP_BUDGET)
+    assert plan.stages[0].attention_padding_per_block > 0  # the model exercises a padded stride (models.py)
+    assert plugin.lines(f"hybrid-alloc: {plan.num_blocks} blocks x 32 tokens; a state slot = {plan.state_slot_blocks} blocks")
+    for stage in plan.stages:  # the bytes each stage allocated = the trace's plan
+        assert len(plugin.lines(f"stage {stage.stage}: {stage.bytes} bytes of KV cache")) == 1
+    assert sorted(int(line.split()[4]) for line in plugin.lines("KV cache allocated")) == sorted(s.bytes for s in plan.stages)
+    assert plugin.cache_config_info["block_size"] == "32"
