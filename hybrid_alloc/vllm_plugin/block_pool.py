@@ -5,8 +5,11 @@ Replaces vLLM's ``FreeKVCacheBlockQueue`` (``vllm/v1/core/kv_cache_utils.py``), 
 answer "lowest id" or "highest free aligned run" without a scan, inside the one ``BlockPool`` that every
 group shares. Invariant: a block id is either free here or held by exactly one owner.
 
-Prefix caching ("align" mode, issue 7) will need cached-but-free blocks evicted LRU-first; this structure
-orders only by id, which is what "none" mode needs (no block is ever cached there).
+``OrderedFreeBlockQueue`` orders only by id: "none" mode (no block is ever cached). Prefix caching ("align"
+mode) uses ``CachingFreeBlockQueue``: uncached free ids in the same ordered structure, cached-but-free
+attention blocks and state slots in one LRU, evicted oldest-first when either side needs room. A slot that
+needs a free aligned run evicts LRU units until one exists (it may evict more than the run it gets: no
+run-aware victim choice yet).
 """
 
 from __future__ import annotations

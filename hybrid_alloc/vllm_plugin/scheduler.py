@@ -3,7 +3,15 @@
 Patches ``get_kv_cache_coordinator`` (``vllm/v1/core/kv_cache_coordinator.py``; 0.32: line 980, imported
 by name in ``vllm/v1/core/kv_cache_manager.py``). For a natural config it keeps vLLM's coordinator and its
 one ``BlockPool``, swaps the pool's free queue for the ordered one (attention: lowest ids) and turns each
-``MambaManager`` into a ``SlotMambaManager``. "none" mode only (prefix caching off, no speculative blocks).
+``MambaManager`` into a slot manager (no speculative blocks):
+- "none" mode (prefix caching off): ``SlotMambaManager``, block table entries are slot ids ``s``, one slot
+  per request for its lifetime;
+- "align" mode (prefix caching on): ``AlignSlotMambaManager``, vLLM's align logic unchanged (checkpoints
+  every ``mamba_block_size`` = ``HYBRID_ALLOC_STATE_CHECKPOINT`` tokens plus the prompt's last
+  attention-block boundary, hits where attention blocks and a state checkpoint both exist, copy-on-write of
+  partially hit states); block table entries are each slot's representative pool id ``s*k``; cached
+  attention blocks and cached slots share one LRU (``CachingFreeBlockQueue``), ids ``1..k-1`` are held
+  back so the null block's state page (index 0) overlaps nothing live.
 """
 
 from __future__ import annotations
