@@ -65,3 +65,20 @@ def test_cached_outputs_identical_to_uncached(runs):
     for w in range(2):
         assert plugin.workloads[w]["tokens"] == uncached.workloads[w]["tokens"]
         assert plugin.workloads[w]["tokens"] == stock.workloads[w]["tokens"]
+
+
+def test_capacity_under_caching_is_the_trace(runs, model):
+    """The block count, slot size and capacity vLLM reports = the trace's natural plan with prefix caching
+    on (align mode: 2 slots per request held by vLLM's align logic, hybrid_alloc.planner)."""
+    from hybrid_alloc.models import load_layout
+    from hybrid_alloc.planner.hardware import get_hardware
+    from hybrid_alloc.planner.natural import plan_natural
+    from hybrid_alloc.planner.settings import Settings
+
+    settings = Settings(hardware="cpu", vllm_version="0.32", pp=1, kv_cache_memory=BUDGET, max_model_len=1024, prefix_caching=True)
+    plan = plan_natural(load_layout(model("gdn"), dtype="bfloat16"), settings, [BUDGET], get_hardware("cpu"))
+    info = runs["plugin"].cache_config_info
+    assert plan.state_slots_per_request == 2
+    assert info["num_gpu_blocks"] == str(plan.num_blocks)
+    assert float(info["kv_cache_max_concurrency"]) == pytest.approx(plan.max_concurrency)
+    assert runs["plugin"].lines(f"hybrid-alloc: {plan.num_blocks} blocks x 32 tokens; a state slot = {plan.state_slot_blocks} blocks")
