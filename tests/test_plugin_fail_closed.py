@@ -28,13 +28,15 @@ def config(**overrides):
 
 def test_natural_when_nothing_fails():
     assert fail_closed.config_reason(config()) is None
+    # prefix caching on: vLLM's "align" mode runs on natural pages (issue 7)
+    assert fail_closed.config_reason(config(**{"cache_config.enable_prefix_caching": True, "cache_config.mamba_cache_mode": "align"})) is None
 
 
 @pytest.mark.parametrize(
     "override, words",
     [
         ({"model_config.is_hybrid": False}, "no state layers"),
-        ({"cache_config.enable_prefix_caching": True}, "prefix caching is on"),
+        ({"cache_config.enable_prefix_caching": True, "cache_config.mamba_cache_mode": "all"}, "only 'align' is implemented"),
         ({"kv_transfer_config": object()}, "KV connector"),
         ({"model_config.enable_sleep_mode": True}, "sleep mode"),
         ({"parallel_config.decode_context_parallel_size": 2}, "decode context parallel"),

@@ -8,7 +8,10 @@ engine (``fail_closed.config_reason``, ``fail_closed.spec_reason``) and otherwis
 Modules, one concern each: ``versions`` (supported releases), ``fail_closed`` (when to stay stock),
 ``block_size`` (no inflation, no padding; workers), ``kv_groups`` (groups, tensors, block count; engine
 core), ``capacity_log`` (true capacity), ``block_pool`` + ``scheduler`` (ordered free ids, state slots),
-``tensors`` (the buffer and views; workers), ``global_mode`` (``HYBRID_ALLOC_MODE=global``); ``patching`` records every replaced vLLM attribute,
+``tensors`` (the buffer and views, slot copy-on-write; workers), ``global_mode``
+(``HYBRID_ALLOC_MODE=global``); prefix caching runs vLLM's "align" mode on natural pages
+(``block_size.checkpoint_tokens``, ``scheduler.AlignSlotMambaManager``, ``block_pool.CachingFreeBlockQueue``);
+``patching`` records every replaced vLLM attribute,
 ``versions`` says where each supported release keeps them.
 """
 

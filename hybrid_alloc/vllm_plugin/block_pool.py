@@ -5,8 +5,11 @@ Replaces vLLM's ``FreeKVCacheBlockQueue`` (``vllm/v1/core/kv_cache_utils.py``), 
 answer "lowest id" or "highest free aligned run" without a scan, inside the one ``BlockPool`` that every
 group shares. Invariant: a block id is either free here or held by exactly one owner.
 
-Prefix caching ("align" mode, issue 7) will need cached-but-free blocks evicted LRU-first; this structure
-orders only by id, which is what "none" mode needs (no block is ever cached there).
+``OrderedFreeBlockQueue`` orders only by id: "none" mode (no block is ever cached). Prefix caching ("align"
+mode) uses ``CachingFreeBlockQueue``: uncached free ids in the same ordered structure, cached-but-free
+attention blocks and state slots in one LRU, evicted oldest-first when either side needs room. A slot that
+needs a free aligned run evicts LRU units until one exists (it may evict more than the run it gets: no
+run-aware victim choice yet).
 """
 
 from __future__ import annotations
@@ -155,3 +158,148 @@ def take_slot(block_pool) -> tuple[int, list]:
         if block_pool.metrics_collector:
             block_pool.metrics_collector.on_block_allocated(block)
     return s, blocks
+
+
+class CachingFreeBlockQueue(OrderedFreeBlockQueue):
+    """The free structure of "align" mode (prefix caching on): uncached free ids in ``FreeRuns`` (attention:
+    lowest ids; slots: highest free aligned runs) plus cached-but-free *units* in one LRU, evicted
+    oldest-first whenever either side needs room (no ratio between cached attention and cached state).
+
+    A unit is an attention block (1 id) or a state slot (its representative id ``s*k`` and the ``k - 1``
+    ids under it, held while the slot is held or cached). In "align" mode a state group's block table holds
+    representatives, so vLLM's hashes, reference counts and ``cached_block_hash_to_block`` work on them
+    unchanged; eviction of a slot frees its whole aligned run. ``num_free_blocks`` counts uncached free ids
+    plus every id of every cached-free unit; ``num_free_runs`` counts aligned runs that are free or would
+    be after evicting cached-free units (what admission of a slot needs)."""
+
+    def __init__(self, pool, k: int, free_blocks) -> None:
+        super().__init__(pool.blocks, k, free_blocks)
+        from collections import OrderedDict
+
+        self.pool = pool
+        self.k = k
+        self.lru: OrderedDict = OrderedDict()  # unit representative id -> unit size (1 or k); oldest first
+        self.num_cached_free = 0
+        self.slot_reps: set[int] = set()  # representatives of slots held or cached
+        runs = self.runs
+        self.avail = [runs.run_free[s] for s in range(runs.num_runs)]  # free or evictable ids per run
+        self.num_avail_runs = sum(1 for a in self.avail if a == k)
+
+    # --- availability bookkeeping (free or cached-free ids per aligned run)
+    def _avail(self, ids, delta: int) -> None:
+        k = self.k
+        for i in ids:
+            s = i // k
+            if s < len(self.avail):
+                if self.avail[s] == k:
+                    self.num_avail_runs -= 1
+                self.avail[s] += delta
+                if self.avail[s] == k:
+                    self.num_avail_runs += 1
+
+    def _unit_ids(self, rep: int, size: int) -> range:
+        return range(rep, rep + size)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.runs.num_free + self.num_cached_free
+
+    @property
+    def num_free_runs(self) -> int:
+        return self.num_avail_runs
+
+    def _release_ids(self, ids) -> None:
+        """Ids of a unit that stopped being cached (evicted) go to the uncached free set."""
+        for i in ids:
+            if i != ids[0]:  # the representative's ref_cnt is vLLM's; the others' are the slot's
+                self.blocks[i].ref_cnt = 0
+        self.runs.release(list(ids))
+
+    def evict_one(self) -> None:
+        rep, size = self.lru.popitem(last=False)
+        self.num_cached_free -= size
+        block = self.blocks[rep]
+        self.pool._maybe_evict_cached_block(block)
+        self.slot_reps.discard(rep)
+        self._release_ids(self._unit_ids(rep, size))  # availability unchanged: evictable -> free
+
+    # --- FreeKVCacheBlockQueue interface
+    def popleft_n(self, n: int) -> list:
+        while self.runs.num_free < n and self.lru:
+            self.evict_one()
+        ids = self.runs.take_lowest(n)
+        self._avail(ids, -1)
+        return [self.blocks[i] for i in ids]
+
+    def pop_run(self) -> tuple[int, list]:
+        while not self.runs.num_free_runs and self.lru:
+            self.evict_one()
+        s = self.runs.take_run()
+        k = self.k
+        ids = range(s * k, (s + 1) * k)
+        self._avail(ids, -1)
+        self.slot_reps.add(s * k)
+        return s, self.blocks[s * k : (s + 1) * k]
+
+    def remove(self, block) -> None:
+        """Take one free block (vLLM's touch of a cache hit: the unit leaves the LRU, stays held)."""
+        i = block.block_id
+        size = self.lru.pop(i, None)
+        if size is not None:
+            self.num_cached_free -= size
+            self._avail(self._unit_ids(i, size), -1)
+            return
+        assert i not in self.slot_reps, f"slot {i} is held, not free"
+        self.runs.take(i)
+        self._avail([i], -1)
+
+    def _free(self, block, front: bool) -> None:
+        i = block.block_id
+        size = self.k if i in self.slot_reps else 1
+        if block.block_hash is None:
+            if size > 1:
+                self.slot_reps.discard(i)
+            ids = self._unit_ids(i, size)
+            self._release_ids(ids)
+            self._avail(ids, +1)
+            return
+        self.lru[i] = size
+        if front:
+            self.lru.move_to_end(i, last=False)
+        self.num_cached_free += size
+        self._avail(self._unit_ids(i, size), +1)
+
+    def append(self, block) -> None:
+        self._free(block, False)
+
+    def append_n(self, blocks) -> None:
+        for b in blocks:
+            self._free(b, False)
+
+    def prepend_n(self, blocks) -> None:
+        for b in reversed(list(blocks)):
+            self._free(b, True)
+
+    def flush(self) -> None:
+        """After ``reset_prefix_cache``: every cached-free unit lost its hash."""
+        while self.lru:
+            self.evict_one()
+
+    def get_all_free_blocks(self) -> list:
+        return [self.blocks[i] for i in self.runs.free_ids()] + [self.blocks[i] for i in self.lru]
+
+
+class SlotPool:
+    """A state manager's view of the shared ``BlockPool`` in "align" mode: ``get_new_blocks`` hands out
+    slots (the representative block ``s*k`` of the highest free aligned run, evicting LRU cached units
+    when needed); everything else is the shared pool's."""
+
+    def __init__(self, pool) -> None:
+        self._pool = pool
+
+    def __getattr__(self, name):
+        return getattr(self._pool, name)
+
+    def get_new_blocks(self, num_blocks: int) -> list:
+        return [self._pool.blocks[s * self._pool.free_block_queue.k] for s, _ in
+                (take_slot(self._pool) for _ in range(num_blocks))]

@@ -41,6 +41,29 @@ def _natural(cls, vllm_config, backend_cls) -> None:
     cache_config = vllm_config.cache_config
     cache_config.block_size = kernel_block_size(vllm_config, backend_cls, cls._find_non_ssm_backends(vllm_config))
     cache_config.mamba_page_size_padded = None
+    if cache_config.mamba_cache_mode == "align":
+        cache_config.mamba_block_size = checkpoint_tokens(cache_config.block_size)
+
+
+DEFAULT_CHECKPOINT_BLOCKS = 16
+
+
+def checkpoint_tokens(block: int) -> int:
+    """The state checkpoint interval of "align" mode (prefix caching on), in tokens:
+    ``HYBRID_ALLOC_STATE_CHECKPOINT`` rounded up to a multiple of the attention block ``block`` (itself a
+    multiple of every kernel alignment), default ``16 * block`` (512 tokens on CPU, 256 at 16-token blocks).
+
+    Why that default: a prompt's own end is checkpointed at the attention block whatever the interval
+    (vLLM's partial-tail checkpoint), so the interval only sets how often a long prefill leaves a state
+    slot behind for other requests sharing a prefix. One slot costs ``k`` blocks (a few for small models,
+    tens for Qwen3.5-class ones); at 16 attention blocks per checkpoint the cached state of a long prompt
+    costs about ``k/16`` of its attention blocks instead of ``k`` per block, and a shared prefix loses at
+    most 15 blocks of recompute."""
+    import os
+
+    value = os.environ.get("HYBRID_ALLOC_STATE_CHECKPOINT")
+    tokens = int(value) if value else DEFAULT_CHECKPOINT_BLOCKS * block
+    return max(block, -(-tokens // block) * block)
 
 
 def patch() -> None:

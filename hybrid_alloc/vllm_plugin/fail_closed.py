@@ -16,12 +16,12 @@ def config_reason(vllm_config) -> str | None:
     parallel = vllm_config.parallel_config
     if model is None:
         return "no model config"
+    mamba_cache_mode = getattr(cache, "mamba_cache_mode", "none")
     checks = (
         (not model.is_hybrid, "the model has no state layers alongside attention (nothing to do)"),
         (
-            cache.enable_prefix_caching,
-            "prefix caching is on: its 'align' mode is not implemented yet "
-            "(pass --no-enable-prefix-caching for natural pages)",
+            cache.enable_prefix_caching and mamba_cache_mode != "align",
+            f"prefix caching in mamba cache mode {mamba_cache_mode!r}: only 'align' is implemented",
         ),
         (vllm_config.kv_transfer_config is not None, "a KV connector is configured"),
         (model.enable_sleep_mode, "sleep mode (cumem allocator) is on"),

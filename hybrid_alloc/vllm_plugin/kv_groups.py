@@ -45,12 +45,19 @@ class SlotTensor(KVCacheTensor):
 class NaturalKVCacheConfig(KVCacheConfig):
     slot_blocks: int = 1  # k: block ids per state slot
     num_state_groups: int = 1
+    # "align" mode (prefix caching on): state block tables hold each slot's representative pool id s*k,
+    # so state views are indexed by pool id at the attention page stride (index s*k = slot s)
+    state_ids_are_block_ids: bool = False
+    slots_per_group: int = 1  # slots one request may hold per state group (align: 2 + checkpoint blocks)
 
     def num_blocks_of(self, tensor: KVCacheTensor) -> int:
         # Replaces KVCacheConfig.num_blocks_of (0.32: kv_cache_interface.py:1556) for the views that
         # allocate_kv_cache builds: state layers address slots, not blocks.
         if isinstance(tensor, SlotTensor):
-            return self.num_blocks // self.slot_blocks
+            runs = self.num_blocks // self.slot_blocks
+            if self.state_ids_are_block_ids:
+                return (runs - 1) * self.slot_blocks + 1  # the last representative; its page ends in the run
+            return runs
         return super().num_blocks_of(tensor)
 
     @property
@@ -58,7 +65,7 @@ class NaturalKVCacheConfig(KVCacheConfig):
         return self.kv_cache_groups[-1].kv_cache_spec.block_size
 
     def blocks_per_request(self, num_tokens: int) -> int:
-        return cdiv(num_tokens, self.block_size) + self.num_state_groups * self.slot_blocks
+        return cdiv(num_tokens, self.block_size) + self.num_state_groups * self.slots_per_group * self.slot_blocks
 
 
 def _placement(worker_spec: dict) -> tuple[list[str], list[tuple[str, int, int]]]:
@@ -95,6 +102,12 @@ def natural_groups(specs: dict, state_specs: list | None = None) -> list[KVCache
     return groups
 
 
+def slots_per_group(vllm_config, state_specs) -> int:
+    if vllm_config.cache_config.mamba_cache_mode != "align":
+        return 1
+    return 2 + max(getattr(s, "num_prefill_checkpoint_blocks", 0) for s in state_specs)
+
+
 def plan(vllm_config, kv_cache_specs: list[dict], available_memory: list[int]) -> list[NaturalKVCacheConfig]:
     """The natural KVCacheConfig of every worker: k, num_blocks and each stage's attention page stride are
     the trace's (``hybrid_alloc.planner.natural``: k chosen over the stages, padded strides where a stage
@@ -105,8 +118,11 @@ def plan(vllm_config, kv_cache_specs: list[dict], available_memory: list[int]) -
     state_specs = list(dict.fromkeys(s for s in merged.values() if isinstance(s, MambaSpec)))
     shapes = [stage_shape(w) for w in kv_cache_specs]
     max_len = vllm_config.model_config.max_model_len
-    # "none" mode: each state group holds one slot per request (one group per distinct state spec)
-    k = choose_slot_blocks(shapes, list(available_memory), len(state_specs), objective_lengths(max_len))
+    # slots a request holds per state group (MambaSpec.max_memory_usage_bytes / page): one in "none" mode;
+    # in "align" mode the running and previous state plus any prefill checkpoint block (the trace's
+    # hybrid_alloc.planner.natural.state_blocks_per_request)
+    per_group = slots_per_group(vllm_config, state_specs)
+    k = choose_slot_blocks(shapes, list(available_memory), len(state_specs) * per_group, objective_lengths(max_len))
     num_blocks = min(shape.max_blocks(avail, k, True) for shape, avail in zip(shapes, available_memory))
     if vllm_config.cache_config.num_gpu_blocks_override is not None:
         num_blocks = vllm_config.cache_config.num_gpu_blocks_override
@@ -138,11 +154,13 @@ def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num
         f"{layout.name}: attention pages not dense"
     )
 
+    align = vllm_config.cache_config.mamba_cache_mode == "align"
     tensors = [KVCacheTensor(size=size, layers=attention, layer_stride=region, block_stride=stride)]
     for name, r, offset in states:
         assert offset + worker_spec[name].page_size_bytes <= k * stride, "a slot does not hold its state pages"
         tensors.append(
-            SlotTensor(size=size, layers=[name], layer_stride=region, block_stride=k * stride, offset=r * region + offset)
+            SlotTensor(size=size, layers=[name], layer_stride=region, block_stride=stride if align else k * stride,
+                       offset=r * region + offset)
         )
     groups = natural_groups(worker_spec, state_specs)
     config = NaturalKVCacheConfig(
@@ -152,6 +170,8 @@ def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num
         prefix_cache_retention_interval=vllm_config.cache_config.prefix_cache_retention_interval,
         slot_blocks=k,
         num_state_groups=len(state_specs),
+        state_ids_are_block_ids=align,
+        slots_per_group=slots_per_group(vllm_config, state_specs),
     )
     config.kv_tp_replicas = kv_cache_groups_tp_replicas(
         groups, vllm_config.parallel_config.tensor_parallel_size, vllm_config.parallel_config.decode_context_parallel_size

@@ -3,7 +3,15 @@
 Patches ``get_kv_cache_coordinator`` (``vllm/v1/core/kv_cache_coordinator.py``; 0.32: line 980, imported
 by name in ``vllm/v1/core/kv_cache_manager.py``). For a natural config it keeps vLLM's coordinator and its
 one ``BlockPool``, swaps the pool's free queue for the ordered one (attention: lowest ids) and turns each
-``MambaManager`` into a ``SlotMambaManager``. "none" mode only (prefix caching off, no speculative blocks).
+``MambaManager`` into a slot manager (no speculative blocks):
+- "none" mode (prefix caching off): ``SlotMambaManager``, block table entries are slot ids ``s``, one slot
+  per request for its lifetime;
+- "align" mode (prefix caching on): ``AlignSlotMambaManager``, vLLM's align logic unchanged (checkpoints
+  every ``mamba_block_size`` = ``HYBRID_ALLOC_STATE_CHECKPOINT`` tokens plus the prompt's last
+  attention-block boundary, hits where attention blocks and a state checkpoint both exist, copy-on-write of
+  partially hit states); block table entries are each slot's representative pool id ``s*k``; cached
+  attention blocks and cached slots share one LRU (``CachingFreeBlockQueue``), ids ``1..k-1`` are held
+  back so the null block's state page (index 0) overlaps nothing live.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from vllm.utils.math_utils import cdiv
 from vllm.v1.core.kv_cache_utils import KVCacheBlock
 from vllm.v1.core.single_type_kv_cache_manager import MambaManager
 
-from .block_pool import OrderedFreeBlockQueue, take_slot
+from .block_pool import CachingFreeBlockQueue, OrderedFreeBlockQueue, SlotPool, take_slot
 from .kv_groups import NaturalKVCacheConfig
 
 
@@ -51,9 +59,50 @@ class SlotMambaManager(MambaManager):
         return self.slot_pool_blocks.pop(request_id, [])
 
 
+class AlignSlotMambaManager(MambaManager):
+    """"align" mode (prefix caching on): vLLM's own align logic, unchanged, on slots. The block table holds
+    each slot's representative pool block ``s*k`` (the worker's state views are indexed by pool id at the
+    attention page stride, so index ``s*k`` is slot ``s``); hashes and reference counts live on the
+    representative, the ``k - 1`` ids under it are held by the free structure while the slot is held or
+    cached (``CachingFreeBlockQueue``). Admission counts a slot as ``k`` blocks and needs an aligned run."""
+
+    slot_blocks: int  # k
+
+    def get_num_blocks_to_allocate(self, *args, **kwargs) -> int:
+        slots = super().get_num_blocks_to_allocate(*args, **kwargs)
+        if slots > self.block_pool.num_gpu_blocks:
+            return slots  # MambaManager's own refusal
+        if slots > self.block_pool.free_block_queue.num_free_runs:
+            return self.block_pool.num_gpu_blocks + 1  # no aligned run: refuse now
+        return slots * self.slot_blocks
+
+
+def _reserve_slot_zero(pool, k: int) -> None:
+    """Block 0 is vLLM's null block, and null entries of a state block table address state index 0, whose
+    page spans ids ``[0, k)``: hold ids ``1..k-1`` for good so no attention block shares that memory."""
+    queue = pool.free_block_queue
+    for i in range(1, k):
+        queue.remove(pool.blocks[i])
+        pool.blocks[i].ref_cnt = 1
+    reset = pool.reset_prefix_cache
+
+    def reset_prefix_cache() -> bool:
+        queue.num_cached_free += k - 1  # the reserved ids are not "used" in vLLM's all-free check
+        try:
+            ok = reset()
+        finally:
+            queue.num_cached_free -= k - 1
+        if ok:
+            queue.flush()
+        return ok
+
+    pool.reset_prefix_cache = reset_prefix_cache
+
+
 def use_slots(coordinator, k: int) -> None:
     pool = coordinator.block_pool
-    assert not pool.enable_caching, "natural layout: 'none' mode only"
+    if pool.enable_caching:
+        return use_align_slots(coordinator, k)
     pool.free_block_queue = OrderedFreeBlockQueue(pool.blocks, k, pool.free_block_queue.get_all_free_blocks())
     for manager in coordinator.single_type_managers:
         if isinstance(manager, MambaManager):
@@ -61,6 +110,18 @@ def use_slots(coordinator, k: int) -> None:
             manager.__class__ = SlotMambaManager  # same state, slot-aware allocation
             manager.slot_blocks = k
             manager.slot_pool_blocks = defaultdict(list)
+
+
+def use_align_slots(coordinator, k: int) -> None:
+    pool = coordinator.block_pool
+    pool.free_block_queue = CachingFreeBlockQueue(pool, k, pool.free_block_queue.get_all_free_blocks())
+    _reserve_slot_zero(pool, k)
+    for manager in coordinator.single_type_managers:
+        if isinstance(manager, MambaManager):
+            assert manager.mamba_cache_mode == "align" and manager.num_speculative_blocks == 0
+            manager.__class__ = AlignSlotMambaManager
+            manager.slot_blocks = k
+            manager.block_pool = SlotPool(pool)
 
 
 _original = None

@@ -11,9 +11,34 @@ stock's ``torch.zeros`` is; afterwards vLLM zeroes newly allocated attention blo
 from __future__ import annotations
 
 from . import log, startup_report
-from .kv_groups import NaturalKVCacheConfig
+from .kv_groups import NaturalKVCacheConfig, SlotTensor
 
 _original = None
+_original_copy = None
+_state_views: set = set()  # (data_ptr, entries) of "align"-mode state views (indexed by pool block id)
+
+
+def _copy_kv_cache_blocks_inplace(kv_caches, num_blocks, kv_cache_block_copies):
+    """vLLM's block copies (0.32: ``vllm/v1/worker/utils.py:909``; align mode's copy-on-write of a
+    partially hit state block) copy one page-sized block per id in every view, or the whole storage at the
+    block stride. On the natural layout a copied block is a state slot (the attention block is the hash
+    block, so attention never copies): copy each state layer's page through its own view, nothing else."""
+    caches = list(kv_caches)
+    mine = [c for c in caches if isinstance(c, torch_tensor()) and (c.data_ptr(), c.shape[0]) in _state_views]
+    if not mine or not kv_cache_block_copies:
+        return _original_copy(caches, num_blocks, kv_cache_block_copies)
+    import torch
+
+    pairs = torch.tensor([tuple(c) for c in kv_cache_block_copies], dtype=torch.long, device=mine[0].device)
+    src, dst = pairs.unbind(dim=1)
+    for cache in mine:
+        cache[dst] = cache[src]
+
+
+def torch_tensor():
+    import torch
+
+    return torch.Tensor
 
 
 def _buffer(size: int, device):
@@ -70,6 +95,8 @@ def _allocate_kv_cache(kv_cache_config, device, layout, kernel_block_sizes=None)
             kernel_block_size=kernel,
         )
         kv_caches.update(zip(tensor.layers, views))
+        if kv_cache_config.state_ids_are_block_ids and isinstance(tensor, SlotTensor):
+            _state_views.update((v.data_ptr(), v.shape[0]) for v in views)
     names = sorted(kv_caches)
     log.once(f"hybrid-alloc: KV cache allocated: {buf.nbytes} bytes for {names[0]} .. {names[-1]} ({source})")
     startup_report.write(kv_cache_config, device)
@@ -85,3 +112,5 @@ def patch() -> None:
 
     # imported by name in both model runners
     _original = patching.replace([utils, gpu_model_runner, attn_utils], "allocate_kv_cache", _allocate_kv_cache)
+    global _original_copy
+    _original_copy = patching.replace([utils, gpu_model_runner], "copy_kv_cache_blocks_inplace", _copy_kv_cache_blocks_inplace)

@@ -35,12 +35,16 @@ _apply_vllm_version()  # also runs in spawned engine processes (this file is the
 
 
 def _metrics(llm) -> dict:
-    out = {"steps": 0, "preemptions": 0, "cache_config_info": {}}
+    out = {"steps": 0, "preemptions": 0, "cache_config_info": {}, "prefix_queries": 0, "prefix_hits": 0}
     for m in llm.get_metrics():
         if m.name == "vllm:iteration_tokens_total":
             out["steps"] += m.count
         elif m.name == "vllm:num_preemptions":
             out["preemptions"] += int(m.value)
+        elif m.name == "vllm:prefix_cache_queries":
+            out["prefix_queries"] += int(m.value)
+        elif m.name == "vllm:prefix_cache_hits":
+            out["prefix_hits"] += int(m.value)
         elif m.name == "vllm:cache_config_info":
             out["cache_config_info"] = dict(m.labels)
     return out
@@ -80,6 +84,8 @@ def main(spec: dict) -> dict:
                 "steps": after["steps"] - before["steps"],
                 "preemptions": after["preemptions"] - before["preemptions"],
                 "seconds": seconds,
+                "prefix_queries": after["prefix_queries"] - before["prefix_queries"],
+                "prefix_hits": after["prefix_hits"] - before["prefix_hits"],
             }
         )
     return {"workloads": results, "cache_config_info": _metrics(llm)["cache_config_info"]}

@@ -1,0 +1,113 @@
+""""align" mode's shared pool (prefix caching on): cached attention blocks and cached state slots in one
+LRU over vLLM's own BlockPool (the 0.33 planning install: /tmp/venv33), no vLLM engine needed."""
+
+import random
+
+import pytest
+
+pytest.importorskip("vllm.v1.core.block_pool")
+
+from vllm.v1.core.block_pool import BlockPool  # noqa: E402
+from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id  # noqa: E402
+
+from hybrid_alloc.vllm_plugin.block_pool import CachingFreeBlockQueue, SlotPool  # noqa: E402
+from hybrid_alloc.vllm_plugin.scheduler import _reserve_slot_zero  # noqa: E402
+
+
+def make_pool(num_blocks=40, k=4):
+    pool = BlockPool(num_blocks, enable_caching=True, hash_block_size=32)
+    pool.free_block_queue = CachingFreeBlockQueue(pool, k, pool.free_block_queue.get_all_free_blocks())
+    _reserve_slot_zero(pool, k)
+    return pool, SlotPool(pool)
+
+
+def cache(pool, block, name):
+    pool._insert_block_hash(make_block_hash_with_group_id(name.encode(), 0), block, None)
+
+
+def owners_ok(pool, held):
+    """Every id is free (uncached), cached-free (in one LRU unit) or held, never two of them."""
+    q = pool.free_block_queue
+    k = q.k
+    free = set(q.runs.free_ids())
+    cached = set()
+    for rep, size in q.lru.items():
+        ids = set(range(rep, rep + size))
+        assert not ids & cached and not ids & free
+        cached |= ids
+    held_ids = set()
+    for b in held:
+        ids = set(range(b.block_id, b.block_id + k)) if b.block_id in q.slot_reps else {b.block_id}
+        assert not ids & held_ids
+        held_ids |= ids
+    reserved = {0, *range(1, k)}
+    assert not held_ids & (free | cached) and not reserved & (free | cached | held_ids)
+    assert free | cached | held_ids | reserved == set(range(pool.num_gpu_blocks))
+    assert q.num_free_blocks == len(free) + len(cached) == pool.get_num_free_blocks()
+    avail = [sum(1 for i in range(s * k, (s + 1) * k) if i in free or i in cached) for s in range(pool.num_gpu_blocks // k)]
+    assert q.num_free_runs == sum(a == k for a in avail)
+
+
+def test_slot_cached_then_hit_then_evicted_as_a_whole_run():
+    pool, slots = make_pool(40, 4)  # ids 0..3 reserved (slot 0 = null block); runs 1..9
+    (slot,) = slots.get_new_blocks(1)
+    assert slot.block_id == 36 and pool.get_num_free_blocks() == 40 - 4 - 4
+    cache(pool, slot, "state@96")
+    pool.free_blocks([slot])
+    assert pool.get_num_free_blocks() == 36 and pool.free_block_queue.lru == {36: 4}
+    assert pool.get_cached_block(b"state@96", [0])[0] is slot
+    pool.touch([slot])  # a hit: the slot leaves the LRU, its run stays held
+    assert pool.get_num_free_blocks() == 32 and slot.ref_cnt == 1
+    owners_ok(pool, [slot])
+    pool.free_blocks([slot])
+    # attention needs every uncached id and one more: the LRU slot is evicted and its whole run freed
+    attn = pool.get_new_blocks(33)
+    assert pool.free_block_queue.lru == {} and slot.block_hash is None
+    assert sorted(b.block_id for b in attn)[-1] == 36  # lowest ids first: 4..35, then 36 from the run
+    owners_ok(pool, attn)
+
+
+def test_lru_order_across_attention_and_state():
+    pool, slots = make_pool(24, 4)  # runs 1..5
+    a = pool.get_new_blocks(2)
+    s = slots.get_new_blocks(1)[0]
+    for i, b in enumerate(a):
+        cache(pool, b, f"a{i}")
+    cache(pool, s, "s")
+    pool.free_blocks([s])  # oldest
+    pool.free_blocks(a)
+    q = pool.free_block_queue
+    assert list(q.lru) == [s.block_id, a[0].block_id, a[1].block_id]
+    # a new slot needs a free run: runs 1..4 are free except the one holding a[0], a[1] (ids 4, 5)
+    got = [slots.get_new_blocks(1)[0] for _ in range(3)]
+    assert s.block_hash is not None or s.block_id in [g.block_id for g in got]
+    owners_ok(pool, got)
+
+
+def test_random_against_invariants():
+    rng = random.Random(0)
+    pool, slots = make_pool(64, 4)
+    held = []
+    names = 0
+    for _ in range(3000):
+        op = rng.random()
+        if op < 0.3 and pool.free_block_queue.num_free_runs and pool.get_num_free_blocks() >= 4:
+            held.extend(slots.get_new_blocks(1))
+        elif op < 0.6 and pool.get_num_free_blocks() >= 1:
+            held.extend(pool.get_new_blocks(rng.randint(1, min(3, pool.get_num_free_blocks()))))
+        elif op < 0.9 and held:
+            b = held.pop(rng.randrange(len(held)))
+            if b.block_hash is None and rng.random() < 0.6:
+                names += 1
+                cache(pool, b, f"h{names}")
+            pool.free_blocks([b])
+        else:
+            lru = list(pool.free_block_queue.lru)
+            if lru:
+                b = pool.blocks[rng.choice(lru)]
+                pool.touch([b])
+                held.append(b)
+        owners_ok(pool, held)
+    pool.free_blocks(held)
+    assert pool.reset_prefix_cache()
+    assert not pool.free_block_queue.lru and pool.get_num_free_blocks() == 64 - 4
