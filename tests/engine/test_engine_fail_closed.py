@@ -15,6 +15,7 @@ import random
 import pytest
 
 from harness import run
+from workloads import spec as shared_spec
 
 pytestmark = pytest.mark.engine
 
@@ -28,19 +29,18 @@ def spec(model_dir: str, **extra) -> dict:
     return {"model": model_dir, "engine": {"dtype": "float32", **engine}, "workloads": [TINY], **extra}
 
 
-def assert_stock(stock, plugin, tokens: bool = True) -> None:
+def assert_stock(stock, plugin) -> None:
     """``plugin`` behaved as stock vLLM: vLLM's own (inflated) block and capacity, and the same tokens."""
     assert plugin.cache_config_info == stock.cache_config_info
     assert plugin.cache_config_info["block_size"] != "32"  # the plugin's natural block would be 32
-    assert [len(t) for t in plugin.workloads[0]["tokens"]] == [TINY["max_tokens"]] * len(TINY["prompts"])
-    if tokens:
-        assert plugin.workloads[0]["tokens"] == stock.workloads[0]["tokens"]
+    for ws, wp in zip(stock.workloads, plugin.workloads):
+        assert len(wp["tokens"]) == len(ws["tokens"]) and wp["tokens"] == ws["tokens"]
 
 
 @pytest.fixture(scope="module")
-def baseline(model, workdir):
-    """The plain mamba2 spec, stock: the reference for conditions that do not change stock vLLM."""
-    stock = run(workdir, spec(model("mamba2")), plugin=False)
+def baseline(mamba2):
+    """The shared mamba2 spec, stock (conftest): the reference for conditions that do not change stock vLLM."""
+    stock = mamba2[0]
     assert stock.log == []
     return stock
 
@@ -48,7 +48,7 @@ def baseline(model, workdir):
 @pytest.fixture(scope="module")
 def old_vllm(model, workdir):
     """vllm.__version__ is 0.31.0 in the front process and in the spawned engine core and worker (run_engine.py)."""
-    return run(workdir, spec(model("mamba2"), vllm_version="0.31.0"), plugin=True)
+    return run(workdir, {**shared_spec(model("mamba2"), "float32"), "vllm_version": "0.31.0"}, plugin=True)
 
 
 def test_unsupported_vllm_version_patches_nothing(baseline, old_vllm):
@@ -72,8 +72,8 @@ def test_kv_connector(model, workdir):
 
 def test_kv_cache_dtype_skip_layers(model, workdir, baseline):
     """With the auto KV dtype the skip list changes nothing in stock vLLM but its own cache_config_info label."""
-    plugin = run(workdir, spec(model("mamba2"), engine={"kv_cache_dtype_skip_layers": ["1"]}), plugin=True)
+    plugin = run(workdir, shared_spec(model("mamba2"), "float32", kv_cache_dtype_skip_layers=["1"]), plugin=True)
     assert plugin.log == [STOCK + "kv_cache_dtype_skip_layers is set"]
     assert plugin.cache_config_info == {**baseline.cache_config_info, "kv_cache_dtype_skip_layers": "['1']"}
     assert plugin.cache_config_info["block_size"] != "32"
-    assert plugin.workloads[0]["tokens"] == baseline.workloads[0]["tokens"]
+    assert [w["tokens"] for w in plugin.workloads] == [w["tokens"] for w in baseline.workloads]

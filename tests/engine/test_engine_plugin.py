@@ -7,35 +7,15 @@ from __future__ import annotations
 
 import json
 import os
-import random
 
 import pytest
 
 from harness import run
+from workloads import BUDGET, LONG, SHORT, spec
 
 from hybrid_alloc.reconcile import load_report
 
 pytestmark = pytest.mark.engine
-
-BUDGET = 4_000_000  # kv_cache_memory_bytes: small enough that capacity decides the schedule
-rng = random.Random(0)
-SHORT = {"prompts": [[rng.randrange(3, 500) for _ in range(rng.randint(5, 40))] for _ in range(24)], "max_tokens": 16}
-LONG = {"prompts": [[rng.randrange(3, 500) for _ in range(n)] for n in (300, 450, 520, 600)], "max_tokens": 8}
-
-
-def spec(model_dir: str, dtype: str, **engine) -> dict:
-    return {
-        "model": model_dir,
-        "engine": {"dtype": dtype, "kv_cache_memory_bytes": BUDGET, **engine},
-        "workloads": [SHORT, LONG],
-    }
-
-
-@pytest.fixture(scope="module")
-def mamba2(model, workdir):
-    s = spec(model("mamba2"), "float32")
-    return run(workdir, s, plugin=False), run(workdir, s, plugin=True)
-
 
 @pytest.fixture(scope="module")
 def gdn(model, workdir):
@@ -61,6 +41,20 @@ def test_mamba2_tokens_identical(mamba2):
     stock, plugin = mamba2
     report("mamba2 float32", stock, plugin)
     assert identical(stock, plugin) == (28, 28)
+
+
+def all_at_once(workload: dict) -> int:
+    """Engine steps of ``workload`` when all its requests run together: one prefill step, then a decode step
+    per further token, plus one: the multiprocess engine core may step before every request has arrived."""
+    return workload["max_tokens"] + 1
+
+
+def assert_capacity(stock, plugin) -> None:
+    """More short requests at once than stock (fewer steps); the long ones all at once, as stock holds them."""
+    (s_short, s_long), (p_short, p_long) = stock.workloads, plugin.workloads
+    assert p_short["steps"] < s_short["steps"]
+    assert p_long["steps"] <= all_at_once(LONG) and s_long["steps"] <= all_at_once(LONG)
+    assert p_short["preemptions"] == p_long["preemptions"] == 0
 
 
 def natural_plan(model_dir: str, pp: int = 1, budget: int = BUDGET, dtype: str = "float32"):
@@ -107,9 +101,7 @@ def test_mamba2_startup_report(mamba2, model):
 
 def test_mamba2_capacity(mamba2):
     stock, plugin = mamba2
-    (s_short, s_long), (p_short, p_long) = stock.workloads, plugin.workloads
-    assert p_short["steps"] < s_short["steps"]
-    assert p_long["steps"] <= s_long["steps"]
+    assert_capacity(stock, plugin)
 
 
 def test_gdn_bf16(gdn):
@@ -119,8 +111,7 @@ def test_gdn_bf16(gdn):
     # bf16 random weights make near-ties; a different batch composition (more requests at once) can flip one.
     assert same >= total - 4
     assert plugin.cache_config_info["block_size"] == "32"
-    assert plugin.workloads[0]["steps"] < stock.workloads[0]["steps"]
-    assert plugin.workloads[1]["steps"] <= stock.workloads[1]["steps"]
+    assert_capacity(stock, plugin)
 
 
 def test_attention_only_is_untouched(model, workdir):
