@@ -26,10 +26,14 @@ def config(**overrides):
     return c
 
 
-def test_natural_when_nothing_fails():
+def test_natural_when_nothing_fails(monkeypatch):
     assert fail_closed.config_reason(config()) is None
-    # prefix caching on: vLLM's "align" mode runs on natural pages (issue 7)
-    assert fail_closed.config_reason(config(**{"cache_config.enable_prefix_caching": True, "cache_config.mamba_cache_mode": "align"})) is None
+    # prefix caching on: vLLM's "align" mode runs on natural pages (issue 7) where the release is verified
+    caching = config(**{"cache_config.enable_prefix_caching": True, "cache_config.mamba_cache_mode": "align"})
+    monkeypatch.setattr(versions, "release", lambda: versions.SUPPORTED["0.32"])
+    assert fail_closed.config_reason(caching) is None
+    monkeypatch.setattr(versions, "release", lambda: versions.SUPPORTED["0.33"])
+    assert "not verified on this vLLM release" in fail_closed.config_reason(caching)
 
 
 @pytest.mark.parametrize(

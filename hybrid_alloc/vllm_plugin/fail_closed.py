@@ -17,11 +17,18 @@ def config_reason(vllm_config) -> str | None:
     if model is None:
         return "no model config"
     mamba_cache_mode = getattr(cache, "mamba_cache_mode", "none")
+    from . import versions
+
     checks = (
         (not model.is_hybrid, "the model has no state layers alongside attention (nothing to do)"),
         (
             cache.enable_prefix_caching and mamba_cache_mode != "align",
             f"prefix caching in mamba cache mode {mamba_cache_mode!r}: only 'align' is implemented",
+        ),
+        (
+            cache.enable_prefix_caching and not versions.release().align_mode,
+            "prefix caching ('align' mode) on natural pages is not verified on this vLLM release "
+            "(pass --no-enable-prefix-caching for natural pages)",
         ),
         (vllm_config.kv_transfer_config is not None, "a KV connector is configured"),
         (model.enable_sleep_mode, "sleep mode (cumem allocator) is on"),

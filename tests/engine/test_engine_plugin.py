@@ -123,19 +123,6 @@ def test_attention_only_is_untouched(model, workdir):
     assert plugin.log == ["hybrid-alloc: leaving vLLM stock: the model has no state layers alongside attention (nothing to do)"]
 
 
-def test_prefix_caching_runs_natural_align_mode(model, workdir):
-    """Prefix caching on: the plugin runs vLLM's "align" mode on natural pages (test_engine_prefix_caching.py
-    checks hits and outputs)."""
-    s = spec(model("gdn"), "bfloat16", enable_prefix_caching=True)
-    s["workloads"] = [{"prompts": SHORT["prompts"][:4], "max_tokens": 4}]
-    plugin = run(workdir, s, plugin=True)
-    assert not plugin.lines("leaving vLLM stock")
-    assert plugin.cache_config_info["block_size"] == "32" and plugin.cache_config_info["mamba_cache_mode"] == "align"
-
-
-PP_BUDGET = 8_000_000  # large enough that the planner pads stage 0 (k = 2) rather than take k = 3
-
-
 PP_BUDGET = 8_000_000  # large enough that the planner pads stage 0 (k = 2) rather than take k = 3
 
 
