@@ -96,3 +96,12 @@ def test_spec_conditions():
     for worker_specs, words in cases:
         assert words in fail_closed.spec_reason(worker_specs, KVCacheLayout.LBHNC)
     assert "BLHNC" in fail_closed.spec_reason(ok, KVCacheLayout.BLHNC)
+
+
+@pytest.mark.parametrize("value, tokens", [("", 512), ("100", 128), ("32", 32), ("1", 32), ("abc", 512), ("-64", 512)])
+def test_state_checkpoint_interval(value, tokens, monkeypatch):
+    pytest.importorskip("vllm")
+    from hybrid_alloc.vllm_plugin.block_size import checkpoint_tokens
+
+    monkeypatch.setattr(os, "environ", dict(os.environ, HYBRID_ALLOC_STATE_CHECKPOINT=value))
+    assert checkpoint_tokens(32) == tokens  # a multiple of the 32-token block; bad values: the default

@@ -61,8 +61,15 @@ def checkpoint_tokens(block: int) -> int:
     most 15 blocks of recompute."""
     import os
 
-    value = os.environ.get("HYBRID_ALLOC_STATE_CHECKPOINT")
-    tokens = int(value) if value else DEFAULT_CHECKPOINT_BLOCKS * block
+    from . import log
+
+    value = os.environ.get("HYBRID_ALLOC_STATE_CHECKPOINT", "")
+    tokens = DEFAULT_CHECKPOINT_BLOCKS * block
+    if value:
+        if value.isdigit() and int(value) > 0:
+            tokens = int(value)
+        else:
+            log.once(f"hybrid-alloc: HYBRID_ALLOC_STATE_CHECKPOINT={value!r} is not a positive number of tokens; using {tokens}")
     return max(block, -(-tokens // block) * block)
 
 
