@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 JOBS   ?= $(shell nproc)
 
-.PHONY: demo test install test-install engine-install cpp-test cpp-bench py-test py-unit py-engine clean
+.PHONY: demo test install test-install engine-install cpp-test cpp-bench py-test py-unit py-engine py-engine-rest clean
 
 # One local environment. `demo` needs only the package; `test` adds CPU torch and the vLLM 0.33 planning
 # code (installed with --no-deps), the reference the parity tests compare against.
@@ -58,22 +58,27 @@ cpp-bench:
 	cmake --build build/release -j $(JOBS) --target bench_alloc >/dev/null
 	build/release/bench_alloc
 
-# Two pytest runs side by side: the engine suite (real vLLM CPU engines in subprocesses, mostly start-up
-# waits) and everything else. pytest exit code 5 = "no tests collected": an error here, never a silent pass.
+# Three pytest runs side by side: everything but the engine suite, and the engine suite (real vLLM CPU engines
+# in subprocesses) in two halves: the modules sharing conftest's mamba2 runs, and the rest. pytest exit code 5 = "no tests collected": an error here, never a silent pass.
 PYTEST = HYBRID_ALLOC_ENGINE_PYTHON=$(CURDIR)/$(ENGINE_VENV)/bin/python $(PY) -m pytest -q -ra
 PYTEST_RC = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-py-test: py-unit py-engine
+py-test: py-unit py-engine py-engine-rest
 
 py-unit: test-install engine-install
 	$(PYTEST) -m "not engine"; $(PYTEST_RC)
 
-py-engine: test-install engine-install
-	$(PYTEST) -p no:cacheprovider -m engine tests/engine; $(PYTEST_RC)
+ENGINE_SHARED := tests/engine/test_engine_plugin.py tests/engine/test_engine_fail_closed.py tests/engine/test_engine_global_mode.py
 
-# The C++ builds, the two environments and their installs, and the two pytest runs go side by side (-j4).
+py-engine: test-install engine-install
+	$(PYTEST) -p no:cacheprovider -m engine $(ENGINE_SHARED); $(PYTEST_RC)
+
+py-engine-rest: test-install engine-install
+	$(PYTEST) -p no:cacheprovider -m engine tests/engine $(addprefix --ignore=,$(ENGINE_SHARED)); $(PYTEST_RC)
+
+# The C++ builds, the two environments and their installs, and the three pytest runs go side by side (-j5).
 test:
-	$(MAKE) -j4 cpp-test py-test
+	$(MAKE) -j5 cpp-test py-test
 
 clean:
 	rm -rf $(VENV) $(ENGINE_VENV) build
