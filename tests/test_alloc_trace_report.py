@@ -235,8 +235,10 @@ def test_fragmentation_by_hand(fragmented):
     assert (f.reserved_peak, f.reserved_peak_t_ns) == (23 * MiB, slab["t_ns"])
     assert (f.reserved_at_end, f.at_end, f.segments_at_end, f.segment_bytes_at_end) == (2 * MiB, 2 * MiB, 1, 2 * MiB)
     assert (f.unmatched_unmaps, f.note) == (0, None)
-    assert max(s.timeline_reserved) == 23 * MiB and s.timeline_reserved[-1] == 2 * MiB
-    assert max(s.timeline_fragmentation) == 22 * MiB - 100_000 and s.timeline_fragmentation[-1] == 2 * MiB
+    # The series hold each interval's most bytes: the last interval holds at least the final value (the
+    # final events can share it with earlier, larger ones: timing decides, so no equality there).
+    assert max(s.timeline_reserved) == 23 * MiB and s.timeline_reserved[-1] >= 2 * MiB
+    assert max(s.timeline_fragmentation) == 22 * MiB - 100_000 and s.timeline_fragmentation[-1] >= 2 * MiB
 
 
 def test_fragmentation_json_and_table(fragmented, capsys):
