@@ -9,6 +9,7 @@ import sys
 
 from hybrid_alloc import validate, verify
 from hybrid_alloc.errors import UserError
+from hybrid_alloc.models.loader import MAMBA_DTYPES
 from hybrid_alloc.planner.settings import KV_CACHE_DTYPES, SUPPORTED_VLLM_VERSIONS, Settings
 
 # With no MODEL, the embedded default: Qwen3.5-9B on 3x RTX 3060 12 GiB, PP=3, 32k-token requests
@@ -85,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trace.add_argument("--max-num-seqs", type=_number(int, 1), help="default: vLLM's for the hardware")
     trace.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto")
+    trace.add_argument("--mamba-ssm-cache-dtype", choices=MAMBA_DTYPES, default="auto",
+                       help="vLLM's --mamba-ssm-cache-dtype (auto: the model's choice)")
+    trace.add_argument(
+        "--cpu-avx512-bf16", action=argparse.BooleanOptionalAction, default=None,
+        help="--hardware cpu: whether the target CPU has AVX512-BF16 (vLLM then keeps SSM state in float32); "
+        "default: this machine's",
+    )
     trace.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=True)
     trace.add_argument("--num-speculative-tokens", type=_number(int, 0), default=0)
     trace.add_argument("--vllm-version", choices=SUPPORTED_VLLM_VERSIONS, default=SUPPORTED_VLLM_VERSIONS[0])
@@ -105,6 +113,8 @@ def trace_settings(args: argparse.Namespace) -> Settings:
     from hybrid_alloc.planner.hardware import get_hardware
 
     hardware = get_hardware(args.hardware)
+    if args.cpu_avx512_bf16 is not None and hardware.is_cuda:
+        raise UserError("--cpu-avx512-bf16 / --no-cpu-avx512-bf16 describe a CPU backend: use them with --hardware cpu")
     return Settings(
         hardware=args.hardware,
         vllm_version=args.vllm_version,
@@ -116,6 +126,8 @@ def trace_settings(args: argparse.Namespace) -> Settings:
         max_model_len=args.max_model_len or (DEFAULT_MAX_MODEL_LEN if args.model is None else None),
         max_num_seqs=args.max_num_seqs or hardware.default_max_num_seqs,
         kv_cache_dtype=args.kv_cache_dtype,
+        mamba_ssm_cache_dtype=args.mamba_ssm_cache_dtype,
+        cpu_avx512_bf16=args.cpu_avx512_bf16,
         prefix_caching=args.prefix_caching,
         num_speculative_tokens=args.num_speculative_tokens,
         pp_layer_partition=args.pp_layer_partition,

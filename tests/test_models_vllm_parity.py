@@ -14,6 +14,10 @@ vLLM runs in ONE child process (this file run as a script): other test modules i
 the CPU platform. What the child patches (CPU-only machine):
 - ``VLLM_TARGET_DEVICE=cpu``: vLLM cannot infer a platform otherwise. The CPU platform's dtypes on x86 match
   CUDA compute capability >= 8.0 ("auto" float32 -> bfloat16).
+- The CPU platform's one host-dependent layout rule (``hybrid_alloc.models.cpu_platform``: SSM state in
+  float32 on an AVX512-BF16 CPU) is pinned per case by replacing ``torch.cpu._is_avx512_bf16_supported``:
+  every tp x speculative-token case and the meta model run without it (what GPUs build), and ``RULE_CASES``
+  run under both answers, so a machine of either kind checks both.
 - vLLM inspects model classes in a grandchild process; here it runs in the child itself.
 - ``torchvision`` is absent (PyPI's build does not load beside CPU torch) but the Qwen3.5 model module
   imports transformers' Qwen2-VL image processor, which imports it unconditionally: an empty stand-in
@@ -40,6 +44,8 @@ import pytest
 pytestmark = pytest.mark.vllm
 
 SPEC_TOKENS = (0, 2)
+# (tp, speculative tokens, AVX512-BF16 answer, --mamba-ssm-cache-dtype) run besides every (tp, spec, False, "auto")
+RULE_CASES = [(1, 0, avx, ssm) for avx in (False, True) for ssm in ("auto", "bfloat16", "float16")]
 
 
 # ---------------------------------------------------------------------------------------------- child side
@@ -55,7 +61,7 @@ def _child(request: list[dict]) -> dict:
     import torch
     import transformers.models.auto.image_processing_auto  # noqa: F401  (records torchvision as absent)
     import vllm.model_executor.models.registry as vllm_registry
-    from vllm.config import ModelConfig, ParallelConfig, SpeculativeConfig, VllmConfig, set_current_vllm_config
+    from vllm.config import CacheConfig, ModelConfig, ParallelConfig, SpeculativeConfig, VllmConfig, set_current_vllm_config
     from vllm.distributed import init_distributed_environment, initialize_model_parallel
     from vllm.model_executor.layers.attention_layer_base import AttentionLayerBase
     from vllm.model_executor.models import ModelRegistry
@@ -96,16 +102,17 @@ def _child(request: list[dict]) -> dict:
     def dtype_name(dtype) -> str:
         return str(dtype).removeprefix("torch.")
 
-    def build(folder: str, tp: int, num_spec: int) -> VllmConfig:
+    def build(folder: str, tp: int, num_spec: int, avx512_bf16: bool = False, ssm_dtype: str = "auto") -> VllmConfig:
         # A fresh ModelConfig each time: VllmConfig updates it once (mamba_ssm_cache_dtype hooks) and marks it.
         model_config = ModelConfig(model=folder, tokenizer=folder, skip_tokenizer_init=True)
         spec = SpeculativeConfig(method="ngram", num_speculative_tokens=num_spec, prompt_lookup_max=3,
                                  prompt_lookup_min=1) if num_spec else None
+        torch.cpu._is_avx512_bf16_supported = lambda: avx512_bf16  # the CPU platform's answer for this case
         return VllmConfig(model_config=model_config, parallel_config=ParallelConfig(tensor_parallel_size=tp),
-                          speculative_config=spec)
+                          cache_config=CacheConfig(mamba_ssm_cache_dtype=ssm_dtype), speculative_config=spec)
 
-    def classmethods(folder: str, tp: int, num_spec: int) -> dict:
-        vc = build(folder, tp, num_spec)
+    def classmethods(folder: str, tp: int, num_spec: int, avx512_bf16: bool, ssm_dtype: str) -> dict:
+        vc = build(folder, tp, num_spec, avx512_bf16, ssm_dtype)
         mc = vc.model_config
         cls, _ = ModelRegistry.resolve_model_cls(mc.architectures, mc)
         out = {"dtype": dtype_name(mc.dtype), "kv_heads": mc.get_num_kv_heads(vc.parallel_config),
@@ -147,7 +154,7 @@ def _child(request: list[dict]) -> dict:
         initialize_model_parallel(1, 1)
 
     return {case["name"]: {
-        "combos": {f"{tp}/{spec}": attempt(classmethods, case["folder"], tp, spec) for tp, spec in case["combos"]},
+        "combos": {"/".join(map(str, combo)): attempt(classmethods, case["folder"], *combo) for combo in case["combos"]},
         "meta": attempt(meta_model, case["meta_folder"]),
     } for case in request}
 
@@ -213,7 +220,8 @@ def vllm_answers(tmp_path_factory) -> tuple[dict, dict]:
             meta_folder.mkdir()
             view = view | {"hybrid_override_pattern": view["hybrid_override_pattern"].replace("E", "-")}
             (meta_folder / "config.json").write_text(json.dumps(view))
-        combos = [(tp, spec) for tp in tp_sizes(load_layout(str(ours[name]))) for spec in SPEC_TOKENS]
+        combos = [(tp, spec, False, "auto") for tp in tp_sizes(load_layout(str(ours[name]))) for spec in SPEC_TOKENS]
+        combos += [c for c in RULE_CASES if c not in combos]
         request.append({"name": name, "folder": str(folder), "meta_folder": str(meta_folder), "combos": combos})
     answer_file = root / "answers.json"
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
@@ -234,9 +242,11 @@ def test_state_shapes_dtypes_and_heads_match_vllm(vllm_answers, name):
     ours, answers = vllm_answers
     checked = 0
     for combo, theirs in answers[name]["combos"].items():
-        tp, spec = map(int, combo.split("/"))
+        tp, spec, avx512_bf16, ssm_dtype = combo.split("/")
+        tp, spec = int(tp), int(spec)
         try:
-            layout = load_layout(str(ours[name]), tp=tp, num_speculative_tokens=spec)
+            layout = load_layout(str(ours[name]), tp=tp, num_speculative_tokens=spec, mamba_ssm_cache_dtype=ssm_dtype,
+                                 cpu_avx512_bf16=avx512_bf16 == "True")
         except ModelConfigError:
             # Not splittable: vLLM must refuse too (config validation, or its calculators' exact division).
             assert "error" in theirs, (combo, theirs)
@@ -257,6 +267,17 @@ def test_state_shapes_dtypes_and_heads_match_vllm(vllm_answers, name):
             assert {a.num_kv_heads for a in layout.attention_layers} == {theirs["kv_heads"]}, combo
             assert {a.head_size for a in layout.attention_layers} == {theirs["head_size"]}, combo
     assert checked
+
+
+def test_cpu_rule_cases_exercise_both_answers(vllm_answers):
+    """The pinned AVX512-BF16 answer reaches vLLM: it changes some state dtype (and keeps GDN's explicit bf16)."""
+    _, answers = vllm_answers
+    changed = {name for name, a in answers.items()
+               if a["combos"].get("1/0/True/auto", {}).get("dtypes") != a["combos"].get("1/0/False/auto", {}).get("dtypes")}
+    assert "tiny:zamba2" in changed and "Qwen--Qwen3-Next-80B-A3B-Instruct.json" in changed
+    qwen_next = answers["Qwen--Qwen3-Next-80B-A3B-Instruct.json"]["combos"]
+    assert qwen_next["1/0/True/bfloat16"]["dtypes"] == ["bfloat16", "bfloat16"]
+    assert qwen_next["1/0/True/auto"]["dtypes"] == ["bfloat16", "float32"]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

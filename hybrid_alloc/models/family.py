@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hybrid_alloc.errors import ModelConfigError
+from hybrid_alloc.models.cpu_platform import cpu_ssm_cache_dtype
 from hybrid_alloc.models.hf_config import HFConfig
 from hybrid_alloc.models.layout import ATTENTION, CacheLayer, StateTensor
 from hybrid_alloc.models.state_shapes import mamba2_state, mamba_state_dtypes
@@ -13,12 +14,29 @@ from hybrid_alloc.models.weights import Params, mamba2_params
 
 @dataclass
 class Context:
-    """One load request: the config, TP size, speculative tokens and the resolved model dtype."""
+    """One load request: the config, TP size, speculative tokens, the resolved model dtype, the user's
+    ``--mamba-ssm-cache-dtype`` and whether vLLM's CPU platform applies its AVX512-BF16 state rule."""
 
     cfg: HFConfig
     tp: int
     num_spec: int
     dtype: str
+    mamba_ssm_cache_dtype: str = "auto"
+    cpu_avx512_bf16: bool = False  # vLLM's CPU backend on an AVX512-BF16 CPU (models/cpu_platform.py)
+    linear_attention_layer_types: bool = False  # the family's LINEAR_ATTENTION_LAYER_TYPES
+    cpu_rule_change: tuple[str, str] | None = None  # (ssm dtype before, after) where that rule changed it
+
+    def state_dtypes(self, model_ssm_dtype: str = "auto") -> tuple[str, str]:
+        """(conv, ssm) state dtypes: ``--mamba-ssm-cache-dtype``, else what the model's config hook sets
+        (``model_ssm_dtype``), then the CPU platform's rule where it applies."""
+        ssm = self.mamba_ssm_cache_dtype if self.mamba_ssm_cache_dtype != "auto" else model_ssm_dtype
+        dtypes = mamba_state_dtypes(self.dtype, ssm)
+        if self.cpu_avx512_bf16:
+            ruled = mamba_state_dtypes(self.dtype, cpu_ssm_cache_dtype(ssm, self.linear_attention_layer_types))
+            if ruled != dtypes:
+                self.cpu_rule_change = (dtypes[1], ruled[1])
+            dtypes = ruled
+        return dtypes
 
 
 @dataclass
@@ -79,7 +97,7 @@ class Mamba2Fields:
 
     def state(self, ctx: Context) -> tuple[StateTensor, ...]:
         return mamba2_state(ctx.tp, self.inner, self.groups, self.heads, self.head_dim, self.state_size,
-                            self.kernel, ctx.num_spec, mamba_state_dtypes(ctx.dtype))
+                            self.kernel, ctx.num_spec, ctx.state_dtypes())
 
     def params(self, hidden: int, tp: int) -> Params:
         return mamba2_params(hidden, self.inner, self.groups, self.heads, self.state_size, self.kernel, tp)

@@ -11,10 +11,13 @@ import math
 
 from hybrid_alloc.models.family import Context, FamilyLayout, attention_layer, kv_heads_per_rank
 from hybrid_alloc.models.layout import CacheLayer
-from hybrid_alloc.models.state_shapes import mamba1_state, mamba_state_dtypes
+from hybrid_alloc.models.state_shapes import mamba1_state
 from hybrid_alloc.models.weights import Params, attention_params, gated_mlp_params, moe_params
 
 MODEL_TYPES = ("jamba",)
+# transformers' config names the state layers "linear_attention" in layer_types (vLLM's CPU platform
+# then treats the model as its accelerated GDN backend: models/cpu_platform.py).
+LINEAR_ATTENTION_LAYER_TYPES = True
 
 
 def build(ctx: Context) -> FamilyLayout:
@@ -33,7 +36,7 @@ def build(ctx: Context) -> FamilyLayout:
     dt_rank = cfg.get("mamba_dt_rank", "auto")
     if dt_rank == "auto":
         dt_rank = math.ceil(hidden / 16)
-    state = mamba1_state(tp, intermediate, state_size, kernel, mamba_state_dtypes(ctx.dtype))
+    state = mamba1_state(tp, intermediate, state_size, kernel, ctx.state_dtypes())
     # in_proj (x, z), conv1d, x_proj (dt, B, C), dt_proj, A, D, out_proj; dt/B/C layernorms.
     mamba = Params(mixer=(hidden * 2 * intermediate + intermediate * kernel + intermediate * (dt_rank + 2 * state_size)
                           + dt_rank * intermediate + intermediate * state_size + intermediate * hidden) / tp,

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from hybrid_alloc.models.family import Context, FamilyLayout, attention_layer, kv_heads_per_rank
 from hybrid_alloc.models.layout import CacheLayer
-from hybrid_alloc.models.state_shapes import mamba_state_dtypes, short_conv_state
+from hybrid_alloc.models.state_shapes import short_conv_state
 from hybrid_alloc.models.weights import Params, attention_params, gated_mlp_params
 
 MODEL_TYPES = ("lfm2",)
+# transformers' config names the state layers "linear_attention" in layer_types (vLLM's CPU platform
+# then treats the model as its accelerated GDN backend: models/cpu_platform.py).
+LINEAR_ATTENTION_LAYER_TYPES = False
 
 
 def _ff_dim(ctx: Context) -> int:
@@ -43,7 +46,7 @@ def build(ctx: Context) -> FamilyLayout:
     kv = kv_heads_per_rank(ctx, heads, cfg.int("num_key_value_heads", 8))
     head_dim = hidden // heads
     conv_dim, kernel = cfg.int("conv_dim"), cfg.int("conv_L_cache", 3)
-    state = short_conv_state(tp, conv_dim, kernel, ctx.num_spec, mamba_state_dtypes(ctx.dtype)[0])
+    state = short_conv_state(tp, conv_dim, kernel, ctx.num_spec, ctx.state_dtypes()[0])
 
     ffn = gated_mlp_params(cfg.int("block_dim"), _ff_dim(ctx), tp) + Params(other=2 * hidden)
     conv = Params(mixer=(hidden * 3 * conv_dim + conv_dim * kernel + conv_dim * hidden) / tp)

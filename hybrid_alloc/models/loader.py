@@ -44,10 +44,18 @@ def _checkpoint_kv_cache_dtype(cfg: HFConfig) -> str | None:
     return "fp8" if isinstance(algo, str) and algo.upper().startswith("FP8") else None
 
 
-def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0, dtype: str | None = None) -> ModelLayout:
-    """``dtype``: vLLM's ``--dtype`` (None: "auto", resolved from the config as vLLM does)."""
+MAMBA_DTYPES = ("auto", "float32", "float16", "bfloat16")  # vLLM's MambaDType
+
+
+def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0, dtype: str | None = None,
+                mamba_ssm_cache_dtype: str = "auto", cpu_avx512_bf16: bool = False) -> ModelLayout:
+    """``dtype``: vLLM's ``--dtype`` (None: "auto", resolved from the config as vLLM does);
+    ``mamba_ssm_cache_dtype``: ``--mamba-ssm-cache-dtype``; ``cpu_avx512_bf16``: the layout vLLM's CPU
+    backend builds on an AVX512-BF16 CPU (``hybrid_alloc.models.cpu_platform``; False on GPUs)."""
     if tp < 1 or num_speculative_tokens < 0:
         raise ModelConfigError(f"tp must be >= 1 and num_speculative_tokens >= 0 (got {tp}, {num_speculative_tokens})")
+    if mamba_ssm_cache_dtype not in MAMBA_DTYPES:
+        raise ModelConfigError(f"mamba_ssm_cache_dtype {mamba_ssm_cache_dtype!r}: use one of {', '.join(MAMBA_DTYPES)}")
     name, source, path = _resolve(str(model))
     cfg = HFConfig(read_json(path), str(path))
     family = MODEL_TYPES.get(cfg.model_type)
@@ -56,7 +64,10 @@ def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0, dty
             f"{path}: unsupported model_type {cfg.model_type or '(none)'!r} ({cfg.architecture or 'no architecture'}); "
             f"supported: {', '.join(supported_model_types())}")
     dtype = dtype or cfg.model_dtype()
-    fam = family.build(Context(cfg=cfg, tp=tp, num_spec=num_speculative_tokens, dtype=dtype))
+    ctx = Context(cfg=cfg, tp=tp, num_spec=num_speculative_tokens, dtype=dtype,
+                  mamba_ssm_cache_dtype=mamba_ssm_cache_dtype, cpu_avx512_bf16=cpu_avx512_bf16,
+                  linear_attention_layer_types=family.LINEAR_ATTENTION_LAYER_TYPES)
+    fam = family.build(ctx)
 
     bits = weight_bits(cfg, dtype)
     embedding_params = padded_vocab_rows(fam.vocab_size, tp) * fam.hidden_size
@@ -64,6 +75,11 @@ def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0, dty
     notes = list(fam.notes)
     if cfg.defaulted:
         notes.append(f"absent from the config, read at the config class default: {', '.join(cfg.defaulted)}")
+    if ctx.cpu_rule_change:
+        before, after = ctx.cpu_rule_change
+        notes.append(f"SSM state in {after}, not {before}: vLLM's CPU backend on an AVX512-BF16 CPU resets it"
+                     + ("" if ctx.linear_attention_layer_types else
+                        " (an explicit --mamba-ssm-cache-dtype bfloat16 or float16 is reset too for this model)"))
     kv_dtype = _checkpoint_kv_cache_dtype(cfg)
     if kv_dtype:
         notes.append(f"checkpoint KV cache scheme: --kv-cache-dtype auto resolves to {kv_dtype}")

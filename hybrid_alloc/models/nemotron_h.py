@@ -10,10 +10,13 @@ from __future__ import annotations
 from hybrid_alloc.errors import ModelConfigError
 from hybrid_alloc.models.family import Context, FamilyLayout, attention_layer, kv_heads_per_rank
 from hybrid_alloc.models.layout import CacheLayer
-from hybrid_alloc.models.state_shapes import mamba2_state, mamba_state_dtypes
+from hybrid_alloc.models.state_shapes import mamba2_state
 from hybrid_alloc.models.weights import Params, attention_params, mamba2_params
 
 MODEL_TYPES = ("nemotron_h",)
+# transformers' config names the state layers "linear_attention" in layer_types (vLLM's CPU platform
+# then treats the model as its accelerated GDN backend: models/cpu_platform.py).
+LINEAR_ATTENTION_LAYER_TYPES = True
 
 _PATTERN_CHARS = {"linear_attention": "M", "moe": "E", "full_attention": "*", "mlp": "-"}
 
@@ -51,7 +54,7 @@ def build(ctx: Context) -> FamilyLayout:
     # NemotronHForCausalLMConfig: "auto" becomes the config's mamba_ssm_cache_dtype, else float32.
     ssm_dtype = cfg.get("mamba_ssm_cache_dtype", "float32")
     state = mamba2_state(tp, m_heads * m_head_dim, n_groups, m_heads, m_head_dim, state_size, kernel,
-                         ctx.num_spec, mamba_state_dtypes(ctx.dtype, ssm_dtype))
+                         ctx.num_spec, ctx.state_dtypes(ssm_dtype))
 
     mamba = mamba2_params(hidden, m_heads * m_head_dim, n_groups, m_heads, state_size, kernel, tp)
     attn = attention_params(hidden, heads, kv, head_dim, tp)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from hybrid_alloc.models.family import Context, FamilyLayout, attention_layer, kv_heads_per_rank
 from hybrid_alloc.models.layout import CacheLayer
-from hybrid_alloc.models.state_shapes import gated_delta_net_state, mamba_state_dtypes
+from hybrid_alloc.models.state_shapes import gated_delta_net_state
 from hybrid_alloc.models.weights import Params, attention_params, gated_mlp_params, moe_params
 
 MODEL_TYPES = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_5", "qwen3_5_moe", "qwen3_next")
+# transformers' config names the state layers "linear_attention" in layer_types (vLLM's CPU platform
+# then treats the model as its accelerated GDN backend: models/cpu_platform.py).
+LINEAR_ATTENTION_LAYER_TYPES = True
 
 # MODELS_CONFIG_MAP entries whose verify_and_update_config reads ``mamba_ssm_dtype``
 # (Qwen3_5ForConditionalGenerationConfig / Qwen3_5ForCausalLMConfig). Qwen3-Next has none: "auto".
@@ -46,7 +49,7 @@ def build(ctx: Context) -> FamilyLayout:
     dk, dv = cfg.int("linear_key_head_dim", 128), cfg.int("linear_value_head_dim", 128)
     kernel = cfg.int("linear_conv_kernel_dim", 4)
     ssm_dtype = cfg.get("mamba_ssm_dtype", "auto") if cfg.architecture in _SSM_DTYPE_ARCHS else "auto"
-    state = gated_delta_net_state(tp, nk, nv, dk, dv, kernel, ctx.num_spec, mamba_state_dtypes(ctx.dtype, ssm_dtype))
+    state = gated_delta_net_state(tp, nk, nv, dk, dv, kernel, ctx.num_spec, ctx.state_dtypes(ssm_dtype))
     key_dim, value_dim = nk * dk, nv * dv
     conv_dim = 2 * key_dim + value_dim
     gdn = Params(mixer=(hidden * (2 * key_dim + 2 * value_dim + 2 * nv) + conv_dim * kernel + value_dim * hidden) / tp,
@@ -81,7 +84,7 @@ def build(ctx: Context) -> FamilyLayout:
                      "them (--speculative-config method mtp adds their weights and attention KV cache as a draft model)")
     if cfg.architecture in _NESTED_ARCHS:
         notes.append("vision encoder weights are not in the estimate (vLLM loads them for multimodal architectures)")
-    if ssm_dtype != "auto":
+    if ssm_dtype != "auto" and ctx.mamba_ssm_cache_dtype == "auto":
         notes.append(f"GDN recurrent state in {ssm_dtype} (config mamba_ssm_dtype)")
     return FamilyLayout(layers=layers, layer_params=params, hidden_size=hidden,
                         vocab_size=cfg.int("vocab_size", 151936 if cfg.model_type == "qwen3_next" else 248320),

@@ -12,10 +12,13 @@ from __future__ import annotations
 from hybrid_alloc.errors import ModelConfigError
 from hybrid_alloc.models.family import Context, FamilyLayout, attention_layer, kv_heads_per_rank
 from hybrid_alloc.models.layout import CacheLayer
-from hybrid_alloc.models.state_shapes import mamba2_state, mamba_state_dtypes
+from hybrid_alloc.models.state_shapes import mamba2_state
 from hybrid_alloc.models.weights import Params, gated_mlp_params, mamba2_params
 
 MODEL_TYPES = ("zamba2",)
+# transformers' config names the state layers "linear_attention" in layer_types (vLLM's CPU platform
+# then treats the model as its accelerated GDN backend: models/cpu_platform.py).
+LINEAR_ATTENTION_LAYER_TYPES = True
 
 
 def build(ctx: Context) -> FamilyLayout:
@@ -36,7 +39,7 @@ def build(ctx: Context) -> FamilyLayout:
     m_heads, n_groups = cfg.int("n_mamba_heads", 8), cfg.int("mamba_ngroups", 1)
     state_size, kernel = cfg.int("mamba_d_state", 64), cfg.int("mamba_d_conv", 4)
     state = mamba2_state(tp, intermediate, n_groups, m_heads, intermediate // m_heads, state_size, kernel,
-                         ctx.num_spec, mamba_state_dtypes(ctx.dtype))
+                         ctx.num_spec, ctx.state_dtypes())
 
     mamba = mamba2_params(hidden, intermediate, n_groups, m_heads, state_size, kernel, tp)
     # A shared block: qkv + o over attention_hidden_size (2 x hidden), gated MLP; counted once, at the first

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hybrid_alloc.errors import UserError
+from hybrid_alloc.models.cpu_platform import host_has_avx512_bf16
 
 GiB = 1 << 30
 
@@ -74,6 +75,23 @@ def get_hardware(name: str) -> HardwareProfile:
         return HARDWARE[name]
     except KeyError:
         raise UserError(f"unknown hardware {name!r}; supported: {', '.join(HARDWARE)}") from None
+
+
+@dataclass(frozen=True)
+class CpuRule:
+    """vLLM's CPU-platform state-dtype rule for a plan: whether it applies, and who said so."""
+
+    avx512_bf16: bool
+    source: str  # "host" (this machine's CPU flags) or "stated" (--[no-]cpu-avx512-bf16)
+
+
+def cpu_rule(hardware: HardwareProfile, stated: bool | None) -> CpuRule | None:
+    """None on GPUs (the rule is the CPU backend's); else the stated target CPU, or this machine's."""
+    if hardware.is_cuda:
+        return None
+    if stated is None:
+        return CpuRule(host_has_avx512_bf16(), "host")
+    return CpuRule(stated, "stated")
 
 
 def attention_backend(hardware: HardwareProfile, head_size: int, kv_cache_dtype: str) -> str:

@@ -20,6 +20,10 @@ class Settings:
     max_model_len: int | None = None  # None: the model's max_position_embeddings, as vLLM does
     max_num_seqs: int = 256  # vLLM's default on GPUs
     kv_cache_dtype: str = "auto"
+    mamba_ssm_cache_dtype: str = "auto"  # --mamba-ssm-cache-dtype
+    # The CPU backend only: whether the target CPU has AVX512-BF16 (vLLM then keeps SSM state in float32,
+    # hybrid_alloc.models.cpu_platform); None = this machine's answer.
+    cpu_avx512_bf16: bool | None = None
     prefix_caching: bool = True  # vLLM's default; hybrids then run mamba_cache_mode "align"
     num_speculative_tokens: int = 0
     pp_layer_partition: str | None = None  # VLLM_PP_LAYER_PARTITION

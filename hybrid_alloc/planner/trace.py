@@ -8,7 +8,7 @@ from hybrid_alloc.errors import UserError
 from hybrid_alloc.models import load_layout
 from hybrid_alloc.models.layout import ModelLayout
 from hybrid_alloc.planner.budget import GiB, StageBudget, stage_budgets
-from hybrid_alloc.planner.hardware import HardwareProfile, get_hardware
+from hybrid_alloc.planner.hardware import CpuRule, HardwareProfile, cpu_rule, get_hardware
 from hybrid_alloc.planner.natural import NaturalPlan, max_model_len, plan_natural
 from hybrid_alloc.planner.partition import PartitionSuggestion, suggest_partitions
 from hybrid_alloc.planner.settings import Settings
@@ -53,14 +53,19 @@ class Trace:
     physical: tuple[PhysicalStage, ...]
     capacities: tuple[Capacity, ...]  # SHORT_LENGTHS, then max_model_len
     partitions: tuple[PartitionSuggestion, ...]  # better VLLM_PP_LAYER_PARTITIONs, per layout
+    cpu_rule: CpuRule | None  # the CPU backend's state-dtype rule the layout was loaded under; None on GPUs
 
 
 def run_trace(model: str, settings: Settings) -> Trace:
-    layout = load_layout(model, tp=settings.tp, num_speculative_tokens=settings.num_speculative_tokens)
+    rule = cpu_rule(get_hardware(settings.hardware), settings.cpu_avx512_bf16)
+    layout = load_layout(model, tp=settings.tp, num_speculative_tokens=settings.num_speculative_tokens,
+                         mamba_ssm_cache_dtype=settings.mamba_ssm_cache_dtype,
+                         cpu_avx512_bf16=bool(rule and rule.avx512_bf16))
     return trace_layout(layout, settings)
 
 
 def trace_layout(layout: ModelLayout, settings: Settings) -> Trace:
+    """``layout`` must have been loaded for ``settings`` (tp, speculative tokens, state dtypes: run_trace)."""
     hardware = get_hardware(settings.hardware)
     budgets = stage_budgets(layout, settings, hardware)
     budget_bytes = [budget.bytes for budget in budgets]
@@ -90,6 +95,7 @@ def trace_layout(layout: ModelLayout, settings: Settings) -> Trace:
         physical=tuple(physical),
         capacities=capacities,
         partitions=suggest_partitions(layout, settings, hardware),
+        cpu_rule=cpu_rule(hardware, settings.cpu_avx512_bf16),
     )
 
 

@@ -1,5 +1,6 @@
 """The trace as JSON. Contract (issue 2, section 7; names stable, additions free):
 {"model", "vllm_version", "hardware", "settings": {...},
+ "cpu_platform_rule": null on GPUs, else {"avx512_bf16", "source": "host" | "stated", "state_dtypes"},
  "stages": [{"stage", "layers": {"attention", "state"}, "kv_cache_memory_bytes",
              "stock": {"block_size", "mamba_page_size_padded", "num_groups", "bytes_per_block", "num_blocks"},
              "natural": {"attention_block_size", "num_attention_blocks", "state_slot_blocks",
@@ -34,6 +35,12 @@ def to_dict(trace: Trace) -> dict:
             **asdict(settings),
             "max_model_len": trace.max_model_len,
             "mamba_cache_mode": settings.mamba_cache_mode,
+        },
+        # vLLM's CPU backend only (None on GPUs): the AVX512-BF16 state-dtype rule the layout was computed under.
+        "cpu_platform_rule": None if trace.cpu_rule is None else {
+            "avx512_bf16": trace.cpu_rule.avx512_bf16,
+            "source": trace.cpu_rule.source,
+            "state_dtypes": sorted({t.dtype for layer in trace.layout.state_layers for t in layer.state}),
         },
         "stages": [_stage(trace, index) for index in range(settings.pp)],
         "stock": {"error": stock.error} if stock.error else {

@@ -36,7 +36,18 @@ def _header(trace: Trace) -> str:
         f"max_model_len {trace.max_model_len:,}, max_num_seqs {s.max_num_seqs}, KV cache {dtype}, "
         f"prefix caching {'on' if s.prefix_caching else 'off'} (mamba_cache_mode {s.mamba_cache_mode})"
         + (f", {s.num_speculative_tokens} speculative tokens" if s.num_speculative_tokens else "")
+        + _cpu_rule_line(trace)
     )
+
+
+def _cpu_rule_line(trace: Trace) -> str:
+    rule = trace.cpu_rule
+    if rule is None:
+        return ""
+    dtypes = sorted({t.dtype for layer in trace.layout.state_layers for t in layer.state})
+    cpu = "an AVX512-BF16 CPU" if rule.avx512_bf16 else "a CPU without AVX512-BF16"
+    source = "this machine's" if rule.source == "host" else "as stated"
+    return f"\nCPU backend rules for {cpu} ({source}): state dtypes {', '.join(dtypes) or '-'}"
 
 
 def _budget_table(trace: Trace) -> Table:

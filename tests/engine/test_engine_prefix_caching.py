@@ -27,7 +27,9 @@ MAX_HITS = sum((len(p) - 1) // 32 * 32 for p in PROMPTS)
 def spec(model_dir: str, caching: bool) -> dict:
     return {
         "model": model_dir,
-        "engine": {"dtype": "bfloat16", "kv_cache_memory_bytes": BUDGET, "enable_prefix_caching": caching},
+        # bf16 state on any CPU (hybrid_alloc.models.cpu_platform: an AVX512-BF16 CPU keeps "auto" in float32)
+        "engine": {"dtype": "bfloat16", "mamba_ssm_cache_dtype": "bfloat16", "kv_cache_memory_bytes": BUDGET,
+                   "enable_prefix_caching": caching},
         "workloads": [W, W],  # the same prompts twice: the second pass may hit what the first cached
     }
 
@@ -75,8 +77,10 @@ def test_capacity_under_caching_is_the_trace(runs, model):
     from hybrid_alloc.planner.natural import plan_natural
     from hybrid_alloc.planner.settings import Settings
 
-    settings = Settings(hardware="cpu", vllm_version="0.32", pp=1, kv_cache_memory=BUDGET, max_model_len=1024, prefix_caching=True)
-    plan = plan_natural(load_layout(model("gdn"), dtype="bfloat16"), settings, [BUDGET], get_hardware("cpu"))
+    settings = Settings(hardware="cpu", vllm_version="0.32", pp=1, kv_cache_memory=BUDGET, max_model_len=1024,
+                        prefix_caching=True, mamba_ssm_cache_dtype="bfloat16")
+    layout = load_layout(model("gdn"), dtype="bfloat16", mamba_ssm_cache_dtype="bfloat16")
+    plan = plan_natural(layout, settings, [BUDGET], get_hardware("cpu"))
     info = runs["plugin"].cache_config_info
     assert plan.state_slots_per_request == 2
     assert info["num_gpu_blocks"] == str(plan.num_blocks)
