@@ -12,6 +12,7 @@ from hybrid_alloc.planner.hardware import get_hardware
 from hybrid_alloc.planner.natural import plan_natural, state_blocks_per_request
 from hybrid_alloc.planner.pipeline import stage_layers
 from hybrid_alloc.planner.settings import Settings
+from hybrid_alloc.vllm_plugin.block_pool import FreeRuns
 
 GPU = get_hardware("rtx3060")
 
@@ -61,25 +62,17 @@ def simulate_num_blocks(stages, budgets, block: int, k: int) -> int:
 
 
 def simulate_admitted(num_blocks: int, k: int, slots: int, attention_blocks: int, limit: int) -> int:
-    """Admit identical requests into a pool of block ids until one does not fit: block 0 is the null
-    block, state slots take the highest free runs of k ids aligned from the top of the pool, attention
-    the lowest free ids."""
-    free = [True] * num_blocks
-    free[0] = False
-    runs = [range(start, start + k) for start in range(num_blocks - k, -1, -k)]  # highest first
+    """Admit identical requests into the plugin's own free structure (``block_pool.FreeRuns``) until one does
+    not fit: block 0 is the null block, state slots take the highest free runs of k ids aligned from id 0,
+    attention the lowest free ids."""
+    free = FreeRuns(num_blocks, k, range(1, num_blocks))
     admitted = 0
     while admitted < limit:
-        for _ in range(slots):
-            run = next((run for run in runs if all(free[i] for i in run)), None)
-            if run is None:
-                return admitted
-            for i in run:
-                free[i] = False
-        lowest = [i for i in range(num_blocks) if free[i]][:attention_blocks]
-        if len(lowest) < attention_blocks:
+        if free.num_free_runs < slots or free.num_free - slots * k < attention_blocks:
             return admitted
-        for i in lowest:
-            free[i] = False
+        for _ in range(slots):
+            free.take_run()
+        free.take_lowest(attention_blocks)
         admitted += 1
     return admitted
 
@@ -197,7 +190,7 @@ def test_state_only_stage_keeps_slots():
     slots = budget // (4 * layout.state_layers[0].state_page_bytes)
     assert plan.num_blocks // plan.state_slot_blocks == slots
     assert state_only.bytes == slots * state_only.state_bytes_per_request
-    assert plan.fit(1) == (plan.num_blocks - 1) // (1 + 2 * plan.state_slot_blocks)
+    assert plan.fit(1) == (slots - 1) // 2  # two slots per request ("align"); slot 0 holds the null block
 
 
 def test_attention_only_model_has_no_slots():

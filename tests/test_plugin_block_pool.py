@@ -14,7 +14,9 @@ class Reference:
         self.n, self.k, self.free = num_blocks, k, set(free)
 
     def take_lowest(self, n):
-        out = sorted(self.free)[:n]
+        """Spare ids (above the last whole run) first, then ascending."""
+        spare = self.n // self.k * self.k
+        out = sorted(self.free, key=lambda i: (i < spare, i))[:n]
         self.free -= set(out)
         return out
 
@@ -31,15 +33,17 @@ def test_lowest_first_and_highest_run():
     f = FreeRuns(10, 3, range(1, 10))  # block 0 held (vLLM's null block); runs 0..2, run 3 incomplete
     assert f.num_free_runs == 2  # runs 1 and 2; run 0 holds block 0
     assert f.take_run() == 2
-    assert f.take_lowest(2) == [1, 2]
+    assert f.take_lowest(2) == [9, 1]  # the tail id beyond the last whole run first (no run can use it)
     assert f.num_free_runs == 1
     assert f.take_run() == 1
     assert f.num_free_runs == 0
     with pytest.raises(ValueError):
         f.take_run()
-    assert f.free_ids() == [9]  # the tail id beyond the last whole run serves attention only
+    assert f.free_ids() == [2]
     f.release([3, 4, 5])
     assert f.take_run() == 1
+    f.release([9])
+    assert f.take_lowest(2) == [9, 2]
 
 
 def test_double_free_and_taking_a_taken_block_fail():

@@ -4,9 +4,10 @@ Per stage (../shared/DESIGN.md, "The natural layout"):
 - attention blocks hold ``B`` tokens, the smallest block the attention kernel supports;
 - one KV tensor per attention layer; each tensor also hosts ``r = ceil(n_state / n_attn)`` state layers;
 - a state slot is an aligned run of k block ids in every tensor, ``k = ceil(r * state_page /
-  attention_page)``; each hosted state layer keeps its unpadded page there. Runs are aligned from the
-  top of the pool, ``[r0 + s*k, r0 + (s+1)*k)`` with ``r0 = num_blocks % k``, so the remainder and vLLM's
-  null block 0 sit below the first slot (attention takes the lowest free ids, so it uses them first);
+  attention_page)``; each hosted state layer keeps its unpadded page there. Runs are aligned from id 0,
+  slot ``s`` = ``[s*k, (s+1)*k)`` (the plugin's ``block_pool.FreeRuns``); slot 0 holds vLLM's null block 0
+  and is never handed out (a null state-table entry addresses slot 0), so ``num_blocks // k - 1`` slots
+  exist; the ``num_blocks % k`` ids above the last run serve attention only;
 - bytes = ``num_blocks * sum(attention page of each attention layer)``; a stage without attention keeps
   its state in state-only tensors (one per state layer) of ``num_blocks // k`` slots.
 Pipeline parallel: one scheduler serves every stage, so ``num_blocks`` (the largest that fits every
@@ -19,10 +20,11 @@ attention page stride to ``ceil(r * state_page / k)`` (256-byte aligned; vLLM's 
 At PP=1 this choice is the stage's own ``k`` and nothing is padded.
 A state-only model has no attention blocks: its pool unit is one slot (k = 1).
 
-Capacity at L tokens: ``min(max_num_seqs, (N - 1) // (ceil(L/B) + m*k))`` (block 0 is vLLM's null
-block), where ``m`` is the number of state slots vLLM's MambaManager may hold per request
-(``MambaSpec.max_memory_usage_bytes``). With top-aligned runs and lowest-first attention this count is
-exact: attention never strands a run it did not need.
+Capacity at L tokens: ``min(max_num_seqs, (N - 1) // (ceil(L/B) + m*k), (N // k - 1) // m)``
+(``requests_that_fit``: block 0 is vLLM's null block, run 0 holds it), where ``m`` is the number of state
+slots vLLM's MambaManager may hold per request (``MambaSpec.max_memory_usage_bytes``). Exact for the
+plugin's free structure: slots take the highest free runs, attention the spare ids above the last run first,
+then the lowest free ids, so attention never strands a run it did not need.
 """
 
 from __future__ import annotations
@@ -138,7 +140,8 @@ class NaturalPlan:
 
     def fit(self, num_tokens: int) -> int:
         """Requests of ``num_tokens`` tokens the pool holds at once, before the max_num_seqs cap."""
-        return max(0, (self.num_blocks - 1) // self.blocks_per_request(num_tokens))
+        return requests_that_fit(self.num_blocks, self.state_slot_blocks, self.state_slots_per_request,
+                                 self.blocks_per_request(num_tokens))
 
     def capacity(self, num_tokens: int) -> int:
         return min(self.max_num_seqs, self.fit(num_tokens))
@@ -202,11 +205,21 @@ class StageShape:
         return budget  # a stage without cache layers puts no limit
 
 
+def requests_that_fit(num_blocks: int, k: int, m: int, blocks_per_request: int) -> int:
+    """Identical requests the plugin's free structure (``block_pool.FreeRuns``) holds at once: every id but
+    the null block 0, and ``m`` slots each from the runs above run 0 (which holds the null block). Attention
+    takes the ids no run can use first, so it strands no run it did not need."""
+    n = (num_blocks - 1) // blocks_per_request
+    if m:
+        n = min(n, (num_blocks // k - 1) // m)
+    return max(0, n)
+
+
 def _objective(num_blocks: int, k: int, m: int, block: int, lengths: tuple[int, ...]) -> float:
     """Log of the geometric mean of the requests that fit at each length (plus one, so zero counts)."""
     from math import log
 
-    return sum(log(1 + max(0, (num_blocks - 1) // (cdiv(length, block) + m * k))) for length in lengths)
+    return sum(log(1 + requests_that_fit(num_blocks, k, m, cdiv(length, block) + m * k)) for length in lengths)
 
 
 def objective_lengths(model_len: int) -> tuple[int, ...]:

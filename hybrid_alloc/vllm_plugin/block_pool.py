@@ -1,5 +1,6 @@
-"""The scheduler's ordered free structure: attention takes the lowest free block ids, a state slot the
-highest free aligned run of ``k`` ids (slot ``s`` = block ids ``[s*k, (s+1)*k)``), so runs stay available.
+"""The scheduler's ordered free structure: a state slot takes the highest free aligned run of ``k`` ids
+(slot ``s`` = block ids ``[s*k, (s+1)*k)``), attention the ids no run can use first (the ``num_blocks % k``
+ids above the last run), then the lowest free ids, so runs stay available.
 
 Replaces vLLM's ``FreeKVCacheBlockQueue`` (``vllm/v1/core/kv_cache_utils.py``), an LRU list that cannot
 answer "lowest id" or "highest free aligned run" without a scan, inside the one ``BlockPool`` that every
@@ -18,8 +19,11 @@ import heapq
 
 
 class FreeRuns:
-    """Free block ids ``0..num_blocks-1`` with lowest-id and highest-free-aligned-run queries.
+    """Free block ids ``0..num_blocks-1`` with attention-order and highest-free-aligned-run queries.
 
+    Attention order: the spare ids above the last whole run (never part of a run), then ascending ids. So
+    ``n`` identical requests fit while ``n * blocks_per_request <= num_blocks - 1`` and ``n * m`` runs are
+    left above run 0 (the planner's ``requests_that_fit``).
     Lazy heaps: entries are checked against ``free`` / ``run_free`` when popped and rebuilt when stale
     entries outnumber live ones, so every operation is O(log n) amortised.
     """
@@ -28,11 +32,12 @@ class FreeRuns:
         assert k >= 1 and num_blocks >= 1
         self.k = k
         self.num_runs = num_blocks // k
+        self.first_spare = self.num_runs * k  # ids from here up belong to no run
         self.free = bytearray(num_blocks)
         self.run_free = [0] * self.num_runs  # free ids in each aligned run
         self.num_free = 0
         self.num_free_runs = 0
-        self._low: list[int] = []  # min-heap of ids, possibly stale
+        self._low: list[int] = []  # min-heap of attention-order keys (_key), possibly stale
         self._runs: list[int] = []  # max-heap (negated) of fully free runs, possibly stale
         for i in free_ids:
             self._mark_free(i)
@@ -59,8 +64,17 @@ class FreeRuns:
                 self.num_free_runs -= 1
             self.run_free[s] -= 1
 
+    def _key(self, i: int) -> int:
+        """Attention order: spare ids (negative keys) before every id of a run."""
+        return i - len(self.free) if i >= self.first_spare else i
+
+    def _id(self, key: int) -> int:
+        return key + len(self.free) if key < 0 else key
+
     def _rebuild(self) -> None:
-        self._low = [i for i, f in enumerate(self.free) if f]  # sorted: already a heap
+        n = len(self.free)
+        spare = [i - n for i in range(self.first_spare, n) if self.free[i]]
+        self._low = spare + [i for i in range(self.first_spare) if self.free[i]]  # sorted: already a heap
         self._runs = [-s for s in range(self.num_runs - 1, -1, -1) if self.run_free[s] == self.k]
 
     def _maybe_compact(self) -> None:
@@ -68,11 +82,12 @@ class FreeRuns:
             self._rebuild()
 
     def take_lowest(self, n: int) -> list[int]:
+        """``n`` ids for attention: free spare ids first, then the lowest free ids."""
         if n > self.num_free:
             raise ValueError(f"cannot take {n} blocks: {self.num_free} free")
         out = []
         while len(out) < n:
-            i = heapq.heappop(self._low)
+            i = self._id(heapq.heappop(self._low))
             if self.free[i]:
                 self._mark_taken(i)
                 out.append(i)
@@ -97,7 +112,7 @@ class FreeRuns:
     def release(self, ids) -> None:
         for i in ids:
             self._mark_free(i)
-            heapq.heappush(self._low, i)
+            heapq.heappush(self._low, self._key(i))
         self._maybe_compact()
 
     def free_ids(self) -> list[int]:

@@ -6,6 +6,11 @@ hook (run_engine.py, spec key ``cpu_avx512_bf16``), so a machine of either kind 
 in bfloat16 with ``--mamba-ssm-cache-dtype auto`` gets bf16 state under one answer and float32 state under
 the other. For each: the engine's block count, slot size and KV bytes = the trace's plan under that rule,
 stock's inflated block = the trace's stock plan, tokens as stock's, and more short requests at once than stock.
+
+Where natural cannot win: at the shared workloads' 4 MB budget (workloads.BUDGET) float32 state makes a
+slot 99 of the 101 blocks a short request holds, and the pool has 4 runs, one holding the null block: the
+trace says 3 requests at once, as stock (test_natural_cannot_win_at_4mb_with_float32_state). This module
+runs at 6 MB, where the trace says 6 to stock's 4 (float32) and 13 to 8 (bf16).
 """
 
 from __future__ import annotations
@@ -13,17 +18,21 @@ from __future__ import annotations
 import pytest
 
 from harness import run
-from workloads import BUDGET, SHORT
+from workloads import BUDGET as SHARED_BUDGET
+from workloads import SHORT
 
 from hybrid_alloc.models import load_layout
 from hybrid_alloc.planner.hardware import get_hardware
 from hybrid_alloc.planner.natural import plan_natural
 from hybrid_alloc.planner.settings import Settings
 from hybrid_alloc.planner.stock import plan_stock
+from hybrid_alloc.planner.usage import stock_capacity
 
 pytestmark = pytest.mark.engine
 
 ANSWERS = (False, True)
+BUDGET = 6_000_000
+SHORT_LEN = max(map(len, SHORT["prompts"])) + SHORT["max_tokens"]
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +46,24 @@ def runs(model, workdir):
     return out
 
 
-def plans(model_dir: str, answer: bool):
-    settings = Settings(hardware="cpu", vllm_version="0.32", kv_cache_memory=BUDGET, max_model_len=1024,
-                        prefix_caching=False, cpu_avx512_bf16=answer)
+def plans(model_dir: str, answer: bool, budget: int = BUDGET):
+    settings = Settings(hardware="cpu", vllm_version="0.32", kv_cache_memory=budget, max_model_len=1024,
+                        max_num_seqs=256, prefix_caching=False, cpu_avx512_bf16=answer)
     layout = load_layout(model_dir, dtype="bfloat16", cpu_avx512_bf16=answer)
-    return layout, plan_stock(layout, settings, [BUDGET]), plan_natural(layout, settings, [BUDGET], get_hardware("cpu"))
+    return layout, plan_stock(layout, settings, [budget]), plan_natural(layout, settings, [budget], get_hardware("cpu"))
+
+
+def held(stock_plan, natural, num_tokens: int) -> tuple[int, int]:
+    """(stock, natural) requests of ``num_tokens`` held at once, as the trace reports them."""
+    return stock_capacity(stock_plan, num_tokens, natural.max_num_seqs), natural.capacity(num_tokens)
+
+
+def test_natural_cannot_win_at_4mb_with_float32_state(model):
+    _, stock_plan, natural = plans(model("gdn"), True, SHARED_BUDGET)
+    assert held(stock_plan, natural, SHORT_LEN) == (3, 3)
+    _, stock_plan, natural = plans(model("gdn"), False, SHARED_BUDGET)
+    stock_n, natural_n = held(stock_plan, natural, SHORT_LEN)
+    assert natural_n > stock_n  # bf16 state: test_engine_plugin.test_gdn_bf16 runs this budget
 
 
 @pytest.mark.parametrize("answer", ANSWERS)
@@ -64,8 +86,11 @@ def test_the_answers_give_different_layouts(model):
 
 
 @pytest.mark.parametrize("answer", ANSWERS)
-def test_tokens_and_capacity_under_each_answer(runs, answer):
+def test_tokens_and_capacity_under_each_answer(runs, model, answer):
     stock, plugin = runs[answer]
+    _, stock_plan, natural = plans(model("gdn"), answer)
+    stock_n, natural_n = held(stock_plan, natural, SHORT_LEN)
+    assert natural_n > stock_n  # what the trace claims here; the engine must show it
     pairs = list(zip(stock.workloads[0]["tokens"], plugin.workloads[0]["tokens"]))
     print(f"\navx512_bf16={answer}: steps stock {stock.workloads[0]['steps']} plugin {plugin.workloads[0]['steps']}; "
           f"identical {sum(a == b for a, b in pairs)}/{len(pairs)}")
