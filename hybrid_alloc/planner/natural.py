@@ -28,6 +28,7 @@ exact: attention never strands a run it did not need.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import log
 
 from hybrid_alloc.models.layout import ModelLayout
 from hybrid_alloc.planner.hardware import KERNEL_BLOCK_SIZE, HardwareProfile, attention_backend
@@ -204,8 +205,6 @@ class StageShape:
 
 def _objective(num_blocks: int, k: int, m: int, block: int, lengths: tuple[int, ...]) -> float:
     """Log of the geometric mean of the requests that fit at each length (plus one, so zero counts)."""
-    from math import log
-
     return sum(log(1 + max(0, (num_blocks - 1) // (cdiv(length, block) + m * k))) for length in lengths)
 
 

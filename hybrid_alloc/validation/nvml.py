@@ -121,7 +121,7 @@ def cuda_order(gpus: tuple[Gpu, ...], visible: str | None, device_order: str | N
 def read_raw() -> dict:
     """A raw sample of this machine, through NVML. Raises NvmlUnavailable with the reason."""
     try:
-        import pynvml
+        import pynvml  # optional: its absence is a reason, not an error
     except ImportError:
         raise NvmlUnavailable("nvidia-ml-py (pynvml) is not installed") from None
     try:

@@ -31,8 +31,9 @@ TOLERANCE_FRACTION = 0.03
 
 
 @dataclass(frozen=True)
-class Budget:
-    """One worker's planned device memory, in bytes (vLLM's profiler numbers + the KV plan + context)."""
+class PlannedMemory:
+    """One worker's planned device memory, in bytes (vLLM's profiler numbers + the KV plan + context): the
+    whole process, not the planner's KV cache budget. The report's JSON calls it "budget"."""
 
     weights: int
     peak_activations: int
@@ -60,7 +61,7 @@ class TagCheck:
 @dataclass(frozen=True)
 class Reconciliation:
     measured: int
-    budget: Budget
+    budget: PlannedMemory
     tolerance: int
     tags: tuple[TagCheck, ...]
 
@@ -85,11 +86,11 @@ class Reconciliation:
         return [*lines, ("unaccounted", self.unaccounted), ("measured (NVML)", self.measured)]
 
 
-def default_tolerance(budget: Budget) -> int:
+def default_tolerance(budget: PlannedMemory) -> int:
     return max(TOLERANCE_FLOOR, int(budget.total * TOLERANCE_FRACTION))
 
 
-def reconcile(measured: int, budget: Budget, plan_tags: dict[str, int], allocator_tags: dict[str, int],
+def reconcile(measured: int, budget: PlannedMemory, plan_tags: dict[str, int], allocator_tags: dict[str, int],
               tolerance: int | None = None) -> Reconciliation:
     tags = tuple(TagCheck(tag, plan_tags.get(tag), allocator_tags.get(tag))
                  for tag in sorted(plan_tags.keys() | allocator_tags.keys()))
@@ -104,7 +105,7 @@ class Report:
     gpu_uuid: str
     pp_rank: int
     tp_rank: int
-    budget: Budget
+    budget: PlannedMemory
     plan_tags: dict[str, int]
     allocator_tags: dict[str, int]
 
@@ -121,9 +122,12 @@ def load_report(path: str) -> Report:
         return Report(
             pid=int(data["pid"]), gpu_uuid=str(data["gpu_uuid"]),
             pp_rank=int(data.get("pp_rank", 0)), tp_rank=int(data.get("tp_rank", 0)),
-            budget=Budget(**{f.name: int(data["budget"][f.name]) for f in fields(Budget)}),
+            budget=PlannedMemory(**{f.name: int(data["budget"][f.name]) for f in fields(PlannedMemory)}),
             plan_tags={str(k): int(v) for k, v in data["plan_tags"].items()},
             allocator_tags={str(k): int(v) for k, v in data["allocator_tags"].items()},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise UserError(f"{path}: malformed report: missing or bad field {error}") from None
+
+
+Budget = PlannedMemory  # the old name, for vllm_plugin/startup_report.py until it imports PlannedMemory
