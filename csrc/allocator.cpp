@@ -64,18 +64,18 @@ void Allocator::update_limit(DeviceState* d) {
   uint64_t lim = device_limit_.load();
   if (d->fraction > 0) {
     size_t free_b = 0, total_b = 0;
-    if (backend_->mem_info(d->budget.device, &free_b, &total_b)) {
+    if (backend_->mem_info(d->memory.device, &free_b, &total_b)) {
       uint64_t f = static_cast<uint64_t>(d->fraction * static_cast<double>(total_b));
       if (lim == 0 || f < lim) lim = f;
     }
   }
-  d->budget.limit = lim;
+  d->memory.limit = lim;
 }
 
 std::string Allocator::state(DeviceState* d) {
   std::string s = d->caching.describe() + "; " + d->arena.describe();
-  if (d->budget.limit)
-    s += "; device limit " + fmt_bytes(d->budget.limit) + ", held " + fmt_bytes(d->budget.held);
+  if (d->memory.limit)
+    s += "; device limit " + fmt_bytes(d->memory.limit) + ", held " + fmt_bytes(d->memory.held);
   return s;
 }
 
@@ -85,7 +85,7 @@ void Allocator::oom(DeviceState* d, const char* path, size_t size, int tag, Stre
   char sb[32];
   set_error("hybrid_alloc: out of memory on %s device %d: request of %s (tag '%s', stream %s, %s) failed: %s. "
             "State: %s",
-            backend_->name(), d->budget.device, fmt_bytes(size).c_str(), tag_name(tag),
+            backend_->name(), d->memory.device, fmt_bytes(size).c_str(), tag_name(tag),
             stream_str(s, sb, sizeof sb), path, why.c_str(), state(d).c_str());
 }
 
@@ -158,7 +158,7 @@ bool Allocator::free_on(DeviceState* d, void* p, Stream s) {
   if (d->arena.contains(p) && d->arena.find(p)) {
     // A slab freed through the pluggable path: stream ordered (the range returns once the stream's work
     // up to now is done). Without an event (record failure) the free is immediate.
-    Event ev = backend_->record_event(d->budget.device, s);
+    Event ev = backend_->record_event(d->memory.device, s);
     Slab out;
     d->arena.free_after(p, ev, &out);
     d->stats.on_free(Path::Arena, out.tag, out.size);
@@ -372,7 +372,7 @@ int Allocator::get_stats(int device, hybrid_alloc_stats* out) {
   out->num_invalid_frees = d->stats.num_invalid_frees;
   out->num_segments = d->caching.segments();
   out->pending_free_bytes = d->caching.pending_bytes();
-  out->limit_bytes = d->budget.limit;
+  out->limit_bytes = d->memory.limit;
   return 0;
 }
 
@@ -543,7 +543,7 @@ std::string Allocator::check() {
     if (!e.empty()) return "device " + std::to_string(i) + ": " + e;
     if (d->stats.caching.reserved != d->caching.reserved()) return "caching reserved stat mismatch";
     if (d->stats.arena.reserved != d->arena.mapped_bytes()) return "arena reserved stat mismatch";
-    if (d->budget.held != d->caching.reserved() + d->arena.mapped_bytes()) return "budget mismatch";
+    if (d->memory.held != d->caching.reserved() + d->arena.mapped_bytes()) return "held bytes mismatch";
     // arena tiling
     size_t pos = 0;
     auto li = d->arena.live().begin();

@@ -13,7 +13,7 @@
 
 #include "arena.h"
 #include "backend.h"
-#include "budget.h"
+#include "device_memory.h"
 #include "caching.h"
 #include "common.h"
 #include "hybrid_alloc.h"
@@ -25,12 +25,12 @@ namespace hybrid_alloc {
 class Allocator;
 
 struct DeviceState {
-  DeviceState(Backend* b, int device) : arena(&budget, &stats), caching(&budget, &stats) {
-    budget.backend = b;
-    budget.device = device;
+  DeviceState(Backend* b, int device) : arena(&memory, &stats), caching(&memory, &stats) {
+    memory.backend = b;
+    memory.device = device;
   }
   DeviceLock mu;
-  Budget budget;
+  DeviceMemory memory;
   DeviceStats stats;
   TraceRing trace;
   Arena arena;
@@ -92,7 +92,7 @@ class Allocator {
   void record(DeviceState* d, TraceOp op, const void* p, uint64_t size, Stream s, int tag, uint64_t pool) {
     if (trace_on_.load(std::memory_order_relaxed))
       d->trace.push(TraceEvent{now_ns(), reinterpret_cast<uintptr_t>(p), size, reinterpret_cast<uintptr_t>(s),
-                               pool, d->budget.device, static_cast<uint16_t>(tag), op},
+                               pool, d->memory.device, static_cast<uint16_t>(tag), op},
                     trace_capacity_.load(std::memory_order_relaxed));
   }
   static void segment_event(void* ctx, bool mapped, const Segment& sg) {  // Caching's SegmentHook
