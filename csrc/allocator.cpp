@@ -445,93 +445,104 @@ uint64_t Allocator::trace_dropped() {
 
 // ------------------------------------------------------------------------------------ Configuration
 
+// One handler per key: it parses the value and applies it, or returns why the value is bad ("" = applied).
+const Allocator::ConfigKey Allocator::kConfigKeys[] = {
+    {"alignment", &Allocator::config_alignment},
+    {"arena_fit", &Allocator::config_arena_fit},
+    {"arena_tags", &Allocator::config_arena_tags},
+    {"backend", &Allocator::config_backend},
+    {"device_limit_bytes", &Allocator::config_device_limit},
+    {"trace", &Allocator::config_trace},
+    {"trace_capacity", &Allocator::config_trace_capacity},
+};
+
 int Allocator::configure(const char* key, const char* value) {
   if (!key || !value) {
     set_error("hybrid_alloc_configure: key and value must not be NULL");
     return -1;
   }
-  std::string k = key, v = value;
-  uint64_t n = 0;
-  if (k == "alignment") {
-    if (!parse_u64(value, &n) || !is_pow2(n) || n < 16 || n > kGranule) {
-      set_error("hybrid_alloc_configure: bad alignment '%s': need a power of two in [16, %zu]", value, kGranule);
-      return -1;
-    }
-    alignment_.store(n);
-    return 0;
-  }
-  if (k == "arena_fit") {
-    if (v != "first" && v != "best") {
-      set_error("hybrid_alloc_configure: bad arena_fit '%s': accepted values are first, best", value);
-      return -1;
-    }
-    best_fit_.store(v == "best");
-    return 0;
-  }
-  if (k == "arena_tags") {
-    uint64_t bits[kMaxTags / 64] = {};
-    size_t start = 0;
-    while (start <= v.size() && !v.empty()) {
-      size_t comma = v.find(',', start);
-      std::string t = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-      std::string err;
-      int id = tag_intern(t.c_str(), &err);
-      if (id < 0) {
-        set_error("hybrid_alloc_configure: bad arena_tags '%s': %s", value, err.c_str());
-        return -1;
-      }
-      bits[id >> 6] |= 1ull << (id & 63);
-      if (comma == std::string::npos) break;
-      start = comma + 1;
-    }
-    for (int i = 0; i < kMaxTags / 64; ++i) arena_tags_[i].store(bits[i]);
-    return 0;
-  }
-  if (k == "device_limit_bytes") {
-    if (!parse_u64(value, &n)) {
-      set_error("hybrid_alloc_configure: bad device_limit_bytes '%s': need an integer >= 0 (0 = no limit)", value);
-      return -1;
-    }
-    device_limit_.store(n);
-    for (int i = 0; i < ndev_; ++i) {
-      DeviceState* d = existing(i);
-      if (!d) continue;
-      std::lock_guard<DeviceLock> lk(d->mu);
-      update_limit(d);
-    }
-    return 0;
-  }
-  if (k == "trace") {
-    if (v != "0" && v != "1") {
-      set_error("hybrid_alloc_configure: bad trace '%s': accepted values are 0, 1", value);
-      return -1;
-    }
-    trace_on_.store(v == "1");
-    return 0;
-  }
-  if (k == "trace_capacity") {
-    if (!parse_u64(value, &n) || n == 0 || n > (uint64_t(1) << 28)) {
-      set_error("hybrid_alloc_configure: bad trace_capacity '%s': need an integer in [1, 268435456]", value);
-      return -1;
-    }
-    trace_capacity_.store(n);
-    return 0;
-  }
-  if (k == "backend") {
-    if (v != "auto" && v != "cuda" && v != "host") {
-      set_error("hybrid_alloc_configure: bad backend '%s': accepted values are auto, cuda, host", value);
-      return -1;
-    }
-    if (v == "auto" || v == backend_->name()) return 0;
-    set_error("hybrid_alloc_configure: backend '%s' requested but the allocator already runs on the %s "
-              "backend (set it before the first allocation, or HYBRID_ALLOC_BACKEND)",
-              value, backend_->name());
+  for (const ConfigKey& c : kConfigKeys) {
+    if (std::strcmp(c.key, key) != 0) continue;
+    std::string why = (this->*c.apply)(value);
+    if (why.empty()) return 0;
+    set_error_str("hybrid_alloc_configure: " + why);
     return -1;
   }
-  set_error("hybrid_alloc_configure: unknown key '%s'; keys: alignment, arena_fit, arena_tags, backend, "
-            "device_limit_bytes, trace, trace_capacity",
-            key);
+  std::string keys;
+  for (const ConfigKey& c : kConfigKeys) keys += (keys.empty() ? "" : ", ") + std::string(c.key);
+  set_error("hybrid_alloc_configure: unknown key '%s'; keys: %s", key, keys.c_str());
   return -1;
+}
+
+namespace {
+std::string bad(const char* key, const std::string& value, const std::string& why) {
+  return std::string("bad ") + key + " '" + value + "': " + why;
+}
+}  // namespace
+
+std::string Allocator::config_alignment(const std::string& v) {
+  uint64_t n = 0;
+  if (!parse_u64(v.c_str(), &n) || !is_pow2(n) || n < 16 || n > kGranule)
+    return bad("alignment", v, "need a power of two in [16, " + std::to_string(kGranule) + "]");
+  alignment_.store(n);
+  return "";
+}
+
+std::string Allocator::config_arena_fit(const std::string& v) {
+  if (v != "first" && v != "best") return bad("arena_fit", v, "accepted values are first, best");
+  best_fit_.store(v == "best");
+  return "";
+}
+
+std::string Allocator::config_arena_tags(const std::string& v) {
+  uint64_t bits[kMaxTags / 64] = {};
+  size_t start = 0;
+  while (start <= v.size() && !v.empty()) {
+    size_t comma = v.find(',', start);
+    std::string t = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    std::string err;
+    int id = tag_intern(t.c_str(), &err);
+    if (id < 0) return bad("arena_tags", v, err);
+    bits[id >> 6] |= 1ull << (id & 63);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  for (int i = 0; i < kMaxTags / 64; ++i) arena_tags_[i].store(bits[i]);
+  return "";
+}
+
+std::string Allocator::config_backend(const std::string& v) {
+  if (v != "auto" && v != "cuda" && v != "host") return bad("backend", v, "accepted values are auto, cuda, host");
+  if (v == "auto" || v == backend_->name()) return "";
+  return "backend '" + v + "' requested but the allocator already runs on the " + backend_->name() +
+         " backend (set it before the first allocation, or HYBRID_ALLOC_BACKEND)";
+}
+
+std::string Allocator::config_device_limit(const std::string& v) {
+  uint64_t n = 0;
+  if (!parse_u64(v.c_str(), &n)) return bad("device_limit_bytes", v, "need an integer >= 0 (0 = no limit)");
+  device_limit_.store(n);
+  for (int i = 0; i < ndev_; ++i) {
+    DeviceState* d = existing(i);
+    if (!d) continue;
+    std::lock_guard<DeviceLock> lk(d->mu);
+    update_limit(d);
+  }
+  return "";
+}
+
+std::string Allocator::config_trace(const std::string& v) {
+  if (v != "0" && v != "1") return bad("trace", v, "accepted values are 0, 1");
+  trace_on_.store(v == "1");
+  return "";
+}
+
+std::string Allocator::config_trace_capacity(const std::string& v) {
+  uint64_t n = 0;
+  if (!parse_u64(v.c_str(), &n) || n == 0 || n > (uint64_t(1) << 28))
+    return bad("trace_capacity", v, "need an integer in [1, 268435456]");
+  trace_capacity_.store(n);
+  return "";
 }
 
 std::string Allocator::check() {

@@ -103,6 +103,20 @@ class Allocator {
   void oom(DeviceState* d, const char* path, size_t size, int tag, Stream s, const std::string& why);
   std::string state(DeviceState* d);
 
+  // configure(): one handler per key, found in kConfigKeys; each returns why the value is bad, "" once applied.
+  struct ConfigKey {
+    const char* key;
+    std::string (Allocator::*apply)(const std::string& value);
+  };
+  static const ConfigKey kConfigKeys[];
+  std::string config_alignment(const std::string& v);
+  std::string config_arena_fit(const std::string& v);
+  std::string config_arena_tags(const std::string& v);
+  std::string config_backend(const std::string& v);
+  std::string config_device_limit(const std::string& v);
+  std::string config_trace(const std::string& v);
+  std::string config_trace_capacity(const std::string& v);
+
   std::unique_ptr<Backend> backend_;
   int ndev_ = 0;
   std::unique_ptr<std::atomic<DeviceState*>[]> devs_;

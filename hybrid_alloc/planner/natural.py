@@ -1,12 +1,22 @@
 """The natural layout: vLLM's elastic shared block pool without state padding or inflated blocks.
 
-Per stage (../shared/DESIGN.md, "The natural layout"):
+Why this shape: a static split into a state pool of ``max_num_seqs`` slots and an attention pool (SGLang,
+vLLM TPU) loses to vLLM's single shared pool on some workload (sized for short requests, the state pool
+eats the budget long requests need; sized for long ones, short ones starve), so the pool stays shared and
+elastic, with no ratio to tune, and only what it costs in vLLM is removed: state pages padded up to the
+attention page, and attention blocks inflated to the state page's size.
+
+Per stage:
 - attention blocks hold ``B`` tokens, the smallest block the attention kernel supports;
 - one KV tensor per attention layer; each tensor also hosts ``r = ceil(n_state / n_attn)`` state layers;
 - a state slot is an aligned run of k block ids in every tensor, ``k = ceil(r * state_page /
-  attention_page)``; each hosted state layer keeps its unpadded page there. Runs are aligned from the
-  top of the pool, ``[r0 + s*k, r0 + (s+1)*k)`` with ``r0 = num_blocks % k``, so the remainder and vLLM's
-  null block 0 sit below the first slot (attention takes the lowest free ids, so it uses them first);
+  attention_page)``; each hosted state layer keeps its unpadded page there. Attention layers view a tensor
+  as ``[num_blocks, ...]``, state layers as ``[num_blocks // k, ...]`` at slot stride ``k`` pages: one
+  storage, two id spaces. Runs are aligned from block id 0, slot ``s`` = ids ``[s*k, (s+1)*k)`` (the
+  plugin's ``block_pool.FreeRuns`` and ``kv_groups`` views); the ``num_blocks % k`` ids above the last run
+  are attention-only, and vLLM's null block 0 sits in run 0, so run 0 never holds a slot;
+- allocation from opposite ends: attention takes the lowest free ids, state slots the highest free aligned
+  runs, so runs stay available;
 - bytes = ``num_blocks * sum(attention page of each attention layer)``; a stage without attention keeps
   its state in state-only tensors (one per state layer) of ``num_blocks // k`` slots.
 Pipeline parallel: one scheduler serves every stage, so ``num_blocks`` (the largest that fits every
@@ -21,8 +31,10 @@ A state-only model has no attention blocks: its pool unit is one slot (k = 1).
 
 Capacity at L tokens: ``min(max_num_seqs, (N - 1) // (ceil(L/B) + m*k))`` (block 0 is vLLM's null
 block), where ``m`` is the number of state slots vLLM's MambaManager may hold per request
-(``MambaSpec.max_memory_usage_bytes``). With top-aligned runs and lowest-first attention this count is
-exact: attention never strands a run it did not need.
+(``MambaSpec.max_memory_usage_bytes``). This count is exact for runs aligned from the top of the pool
+(``[r0 + s*k, r0 + (s+1)*k)``, ``r0 = N % k``: the remainder and the null block below the first run;
+tests/test_natural.py simulates that pool). With the plugin's runs aligned from id 0 it is exact when k
+divides N; otherwise the pool can hold one request fewer than this count.
 """
 
 from __future__ import annotations
