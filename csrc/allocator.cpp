@@ -478,6 +478,13 @@ namespace {
 std::string bad(const char* key, const std::string& value, const std::string& why) {
   return std::string("bad ") + key + " '" + value + "': " + why;
 }
+
+// A key that takes one of two values: stores whether it is `on`.
+std::string choose(const char* key, const std::string& v, const char* off, const char* on, std::atomic<bool>* out) {
+  if (v != off && v != on) return bad(key, v, std::string("accepted values are ") + off + ", " + on);
+  out->store(v == on);
+  return "";
+}
 }  // namespace
 
 std::string Allocator::config_alignment(const std::string& v) {
@@ -489,9 +496,7 @@ std::string Allocator::config_alignment(const std::string& v) {
 }
 
 std::string Allocator::config_arena_fit(const std::string& v) {
-  if (v != "first" && v != "best") return bad("arena_fit", v, "accepted values are first, best");
-  best_fit_.store(v == "best");
-  return "";
+  return choose("arena_fit", v, "first", "best", &best_fit_);
 }
 
 std::string Allocator::config_arena_tags(const std::string& v) {
@@ -532,9 +537,7 @@ std::string Allocator::config_device_limit(const std::string& v) {
 }
 
 std::string Allocator::config_trace(const std::string& v) {
-  if (v != "0" && v != "1") return bad("trace", v, "accepted values are 0, 1");
-  trace_on_.store(v == "1");
-  return "";
+  return choose("trace", v, "0", "1", &trace_on_);
 }
 
 std::string Allocator::config_trace_capacity(const std::string& v) {

@@ -14,8 +14,9 @@
 // (3) one DeviceMemory (held bytes and their cap) shared with the slab arena: device_limit / memory
 // fraction, OOM recovery that trims cached segments and unmapped arena granules, and OOM messages that name
 // both states; a driver pool beside the arena would compete for memory blindly; (4) exact per-tag reserved
-// attribution and pending bytes need the pool's internals. The cost (fragmentation is ours to handle) is met the way PyTorch's
-// native allocator meets it: splitting/merging within segments, per-stream lists, empty_cache.
+// attribution and pending bytes need the pool's internals. The cost (fragmentation is ours to handle) is
+// met the way PyTorch's native allocator meets it: splitting/merging within segments, per-stream lists,
+// empty_cache.
 //
 // INVARIANTS (check() verifies them; every test and the fuzz call it):
 //  I1. A segment belongs to exactly one pool and one stream; its blocks tile [base, base + size) in
