@@ -1,8 +1,8 @@
 """`hybrid-alloc validate`: stock vLLM vs the plugin on the same setup.
 
-The run (runner.py; the launches: launch.py): `vllm serve` twice, one after the other (stock, then HYBRID_ALLOC=1),
-each time the capacity vLLM reports, the fixed short load (LOAD_*), generated tokens/s; then the outputs
-compared token by token, the plugin's startup reports (plan, allocator, NVML reconciliation per GPU) and
+The run (runner.py, with the launches of launch.py): `vllm serve` twice, one after the other (stock, then
+HYBRID_ALLOC=1), each time the capacity vLLM reports, the fixed short load (LOAD_*), generated tokens/s; then
+the outputs compared token by token, the plugin's startup reports (plan, allocator, NVML reconciliation per GPU) and
 report.md / report.json / report.png in --out. `--dry-run` prints the launches and the trace's prediction.
 On CUDA without an NVIDIA driver: one line, exit 3; `--device cpu` (or `--hardware cpu`) runs on vLLM's
 CPU backend without NVML."""
