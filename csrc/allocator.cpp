@@ -64,18 +64,18 @@ void Allocator::update_limit(DeviceState* d) {
   uint64_t lim = device_limit_.load();
   if (d->fraction > 0) {
     size_t free_b = 0, total_b = 0;
-    if (backend_->mem_info(d->budget.device, &free_b, &total_b)) {
+    if (backend_->mem_info(d->memory.device, &free_b, &total_b)) {
       uint64_t f = static_cast<uint64_t>(d->fraction * static_cast<double>(total_b));
       if (lim == 0 || f < lim) lim = f;
     }
   }
-  d->budget.limit = lim;
+  d->memory.limit = lim;
 }
 
 std::string Allocator::state(DeviceState* d) {
   std::string s = d->caching.describe() + "; " + d->arena.describe();
-  if (d->budget.limit)
-    s += "; device limit " + fmt_bytes(d->budget.limit) + ", held " + fmt_bytes(d->budget.held);
+  if (d->memory.limit)
+    s += "; device limit " + fmt_bytes(d->memory.limit) + ", held " + fmt_bytes(d->memory.held);
   return s;
 }
 
@@ -85,7 +85,7 @@ void Allocator::oom(DeviceState* d, const char* path, size_t size, int tag, Stre
   char sb[32];
   set_error("hybrid_alloc: out of memory on %s device %d: request of %s (tag '%s', stream %s, %s) failed: %s. "
             "State: %s",
-            backend_->name(), d->budget.device, fmt_bytes(size).c_str(), tag_name(tag),
+            backend_->name(), d->memory.device, fmt_bytes(size).c_str(), tag_name(tag),
             stream_str(s, sb, sizeof sb), path, why.c_str(), state(d).c_str());
 }
 
@@ -158,7 +158,7 @@ bool Allocator::free_on(DeviceState* d, void* p, Stream s) {
   if (d->arena.contains(p) && d->arena.find(p)) {
     // A slab freed through the pluggable path: stream ordered (the range returns once the stream's work
     // up to now is done). Without an event (record failure) the free is immediate.
-    Event ev = backend_->record_event(d->budget.device, s);
+    Event ev = backend_->record_event(d->memory.device, s);
     Slab out;
     d->arena.free_after(p, ev, &out);
     d->stats.on_free(Path::Arena, out.tag, out.size);
@@ -372,7 +372,7 @@ int Allocator::get_stats(int device, hybrid_alloc_stats* out) {
   out->num_invalid_frees = d->stats.num_invalid_frees;
   out->num_segments = d->caching.segments();
   out->pending_free_bytes = d->caching.pending_bytes();
-  out->limit_bytes = d->budget.limit;
+  out->limit_bytes = d->memory.limit;
   return 0;
 }
 
@@ -445,93 +445,107 @@ uint64_t Allocator::trace_dropped() {
 
 // ------------------------------------------------------------------------------------ Configuration
 
+// One handler per key: it parses the value and applies it, or returns why the value is bad ("" = applied).
+const Allocator::ConfigKey Allocator::kConfigKeys[] = {
+    {"alignment", &Allocator::config_alignment},
+    {"arena_fit", &Allocator::config_arena_fit},
+    {"arena_tags", &Allocator::config_arena_tags},
+    {"backend", &Allocator::config_backend},
+    {"device_limit_bytes", &Allocator::config_device_limit},
+    {"trace", &Allocator::config_trace},
+    {"trace_capacity", &Allocator::config_trace_capacity},
+};
+
 int Allocator::configure(const char* key, const char* value) {
   if (!key || !value) {
     set_error("hybrid_alloc_configure: key and value must not be NULL");
     return -1;
   }
-  std::string k = key, v = value;
-  uint64_t n = 0;
-  if (k == "alignment") {
-    if (!parse_u64(value, &n) || !is_pow2(n) || n < 16 || n > kGranule) {
-      set_error("hybrid_alloc_configure: bad alignment '%s': need a power of two in [16, %zu]", value, kGranule);
-      return -1;
-    }
-    alignment_.store(n);
-    return 0;
-  }
-  if (k == "arena_fit") {
-    if (v != "first" && v != "best") {
-      set_error("hybrid_alloc_configure: bad arena_fit '%s': accepted values are first, best", value);
-      return -1;
-    }
-    best_fit_.store(v == "best");
-    return 0;
-  }
-  if (k == "arena_tags") {
-    uint64_t bits[kMaxTags / 64] = {};
-    size_t start = 0;
-    while (start <= v.size() && !v.empty()) {
-      size_t comma = v.find(',', start);
-      std::string t = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-      std::string err;
-      int id = tag_intern(t.c_str(), &err);
-      if (id < 0) {
-        set_error("hybrid_alloc_configure: bad arena_tags '%s': %s", value, err.c_str());
-        return -1;
-      }
-      bits[id >> 6] |= 1ull << (id & 63);
-      if (comma == std::string::npos) break;
-      start = comma + 1;
-    }
-    for (int i = 0; i < kMaxTags / 64; ++i) arena_tags_[i].store(bits[i]);
-    return 0;
-  }
-  if (k == "device_limit_bytes") {
-    if (!parse_u64(value, &n)) {
-      set_error("hybrid_alloc_configure: bad device_limit_bytes '%s': need an integer >= 0 (0 = no limit)", value);
-      return -1;
-    }
-    device_limit_.store(n);
-    for (int i = 0; i < ndev_; ++i) {
-      DeviceState* d = existing(i);
-      if (!d) continue;
-      std::lock_guard<DeviceLock> lk(d->mu);
-      update_limit(d);
-    }
-    return 0;
-  }
-  if (k == "trace") {
-    if (v != "0" && v != "1") {
-      set_error("hybrid_alloc_configure: bad trace '%s': accepted values are 0, 1", value);
-      return -1;
-    }
-    trace_on_.store(v == "1");
-    return 0;
-  }
-  if (k == "trace_capacity") {
-    if (!parse_u64(value, &n) || n == 0 || n > (uint64_t(1) << 28)) {
-      set_error("hybrid_alloc_configure: bad trace_capacity '%s': need an integer in [1, 268435456]", value);
-      return -1;
-    }
-    trace_capacity_.store(n);
-    return 0;
-  }
-  if (k == "backend") {
-    if (v != "auto" && v != "cuda" && v != "host") {
-      set_error("hybrid_alloc_configure: bad backend '%s': accepted values are auto, cuda, host", value);
-      return -1;
-    }
-    if (v == "auto" || v == backend_->name()) return 0;
-    set_error("hybrid_alloc_configure: backend '%s' requested but the allocator already runs on the %s "
-              "backend (set it before the first allocation, or HYBRID_ALLOC_BACKEND)",
-              value, backend_->name());
+  for (const ConfigKey& c : kConfigKeys) {
+    if (std::strcmp(c.key, key) != 0) continue;
+    std::string why = (this->*c.apply)(value);
+    if (why.empty()) return 0;
+    set_error_str("hybrid_alloc_configure: " + why);
     return -1;
   }
-  set_error("hybrid_alloc_configure: unknown key '%s'; keys: alignment, arena_fit, arena_tags, backend, "
-            "device_limit_bytes, trace, trace_capacity",
-            key);
+  std::string keys;
+  for (const ConfigKey& c : kConfigKeys) keys += (keys.empty() ? "" : ", ") + std::string(c.key);
+  set_error("hybrid_alloc_configure: unknown key '%s'; keys: %s", key, keys.c_str());
   return -1;
+}
+
+namespace {
+std::string bad(const char* key, const std::string& value, const std::string& why) {
+  return std::string("bad ") + key + " '" + value + "': " + why;
+}
+
+// A key that takes one of two values: stores whether it is `on`.
+std::string choose(const char* key, const std::string& v, const char* off, const char* on, std::atomic<bool>* out) {
+  if (v != off && v != on) return bad(key, v, std::string("accepted values are ") + off + ", " + on);
+  out->store(v == on);
+  return "";
+}
+}  // namespace
+
+std::string Allocator::config_alignment(const std::string& v) {
+  uint64_t n = 0;
+  if (!parse_u64(v.c_str(), &n) || !is_pow2(n) || n < 16 || n > kGranule)
+    return bad("alignment", v, "need a power of two in [16, " + std::to_string(kGranule) + "]");
+  alignment_.store(n);
+  return "";
+}
+
+std::string Allocator::config_arena_fit(const std::string& v) {
+  return choose("arena_fit", v, "first", "best", &best_fit_);
+}
+
+std::string Allocator::config_arena_tags(const std::string& v) {
+  uint64_t bits[kMaxTags / 64] = {};
+  size_t start = 0;
+  while (start <= v.size() && !v.empty()) {
+    size_t comma = v.find(',', start);
+    std::string t = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    std::string err;
+    int id = tag_intern(t.c_str(), &err);
+    if (id < 0) return bad("arena_tags", v, err);
+    bits[id >> 6] |= 1ull << (id & 63);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  for (int i = 0; i < kMaxTags / 64; ++i) arena_tags_[i].store(bits[i]);
+  return "";
+}
+
+std::string Allocator::config_backend(const std::string& v) {
+  if (v != "auto" && v != "cuda" && v != "host") return bad("backend", v, "accepted values are auto, cuda, host");
+  if (v == "auto" || v == backend_->name()) return "";
+  return "backend '" + v + "' requested but the allocator already runs on the " + backend_->name() +
+         " backend (set it before the first allocation, or HYBRID_ALLOC_BACKEND)";
+}
+
+std::string Allocator::config_device_limit(const std::string& v) {
+  uint64_t n = 0;
+  if (!parse_u64(v.c_str(), &n)) return bad("device_limit_bytes", v, "need an integer >= 0 (0 = no limit)");
+  device_limit_.store(n);
+  for (int i = 0; i < ndev_; ++i) {
+    DeviceState* d = existing(i);
+    if (!d) continue;
+    std::lock_guard<DeviceLock> lk(d->mu);
+    update_limit(d);
+  }
+  return "";
+}
+
+std::string Allocator::config_trace(const std::string& v) {
+  return choose("trace", v, "0", "1", &trace_on_);
+}
+
+std::string Allocator::config_trace_capacity(const std::string& v) {
+  uint64_t n = 0;
+  if (!parse_u64(v.c_str(), &n) || n == 0 || n > (uint64_t(1) << 28))
+    return bad("trace_capacity", v, "need an integer in [1, 268435456]");
+  trace_capacity_.store(n);
+  return "";
 }
 
 std::string Allocator::check() {
@@ -543,7 +557,7 @@ std::string Allocator::check() {
     if (!e.empty()) return "device " + std::to_string(i) + ": " + e;
     if (d->stats.caching.reserved != d->caching.reserved()) return "caching reserved stat mismatch";
     if (d->stats.arena.reserved != d->arena.mapped_bytes()) return "arena reserved stat mismatch";
-    if (d->budget.held != d->caching.reserved() + d->arena.mapped_bytes()) return "budget mismatch";
+    if (d->memory.held != d->caching.reserved() + d->arena.mapped_bytes()) return "held bytes mismatch";
     // arena tiling
     size_t pos = 0;
     auto li = d->arena.live().begin();

@@ -13,7 +13,7 @@
 
 #include "arena.h"
 #include "backend.h"
-#include "budget.h"
+#include "device_memory.h"
 #include "caching.h"
 #include "common.h"
 #include "hybrid_alloc.h"
@@ -25,12 +25,12 @@ namespace hybrid_alloc {
 class Allocator;
 
 struct DeviceState {
-  DeviceState(Backend* b, int device) : arena(&budget, &stats), caching(&budget, &stats) {
-    budget.backend = b;
-    budget.device = device;
+  DeviceState(Backend* b, int device) : arena(&memory, &stats), caching(&memory, &stats) {
+    memory.backend = b;
+    memory.device = device;
   }
   DeviceLock mu;
-  Budget budget;
+  DeviceMemory memory;
   DeviceStats stats;
   TraceRing trace;
   Arena arena;
@@ -92,7 +92,7 @@ class Allocator {
   void record(DeviceState* d, TraceOp op, const void* p, uint64_t size, Stream s, int tag, uint64_t pool) {
     if (trace_on_.load(std::memory_order_relaxed))
       d->trace.push(TraceEvent{now_ns(), reinterpret_cast<uintptr_t>(p), size, reinterpret_cast<uintptr_t>(s),
-                               pool, d->budget.device, static_cast<uint16_t>(tag), op},
+                               pool, d->memory.device, static_cast<uint16_t>(tag), op},
                     trace_capacity_.load(std::memory_order_relaxed));
   }
   static void segment_event(void* ctx, bool mapped, const Segment& sg) {  // Caching's SegmentHook
@@ -102,6 +102,20 @@ class Allocator {
   }
   void oom(DeviceState* d, const char* path, size_t size, int tag, Stream s, const std::string& why);
   std::string state(DeviceState* d);
+
+  // configure(): one handler per key, found in kConfigKeys; each returns why the value is bad, "" once applied.
+  struct ConfigKey {
+    const char* key;
+    std::string (Allocator::*apply)(const std::string& value);
+  };
+  static const ConfigKey kConfigKeys[];
+  std::string config_alignment(const std::string& v);
+  std::string config_arena_fit(const std::string& v);
+  std::string config_arena_tags(const std::string& v);
+  std::string config_backend(const std::string& v);
+  std::string config_device_limit(const std::string& v);
+  std::string config_trace(const std::string& v);
+  std::string config_trace_capacity(const std::string& v);
 
   std::unique_ptr<Backend> backend_;
   int ndev_ = 0;

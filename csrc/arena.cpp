@@ -12,14 +12,14 @@ Arena::~Arena() { release_all(); }
 void Arena::release_all() {
   if (!base_) return;
   for (auto& kv : live_)
-    if (kv.second.pending) budget_->backend->destroy_event(kv.second.pending);
+    if (kv.second.pending) mem_->backend->destroy_event(kv.second.pending);
   for (size_t g = 0; g < is_mapped_.size(); ++g)
     if (is_mapped_[g]) {
-      budget_->backend->unmap(budget_->device, base_, g * gran_, gran_);
-      budget_->held -= gran_;
+      mem_->backend->unmap(mem_->device, base_, g * gran_, gran_);
+      mem_->held -= gran_;
       stats_->on_reserve(Path::Arena, -static_cast<int64_t>(gran_), -1, 0);
     }
-  budget_->backend->release(budget_->device, base_, capacity_);
+  mem_->backend->release(mem_->device, base_, capacity_);
   base_ = nullptr;
   capacity_ = mapped_ = pending_count_ = 0;
   free_.clear();
@@ -30,7 +30,7 @@ void Arena::release_all() {
 
 bool Arena::reserve(size_t bytes, std::string* err) {
   if (!live_.empty()) {
-    *err = "cannot re-reserve the arena of device " + std::to_string(budget_->device) + ": " +
+    *err = "cannot re-reserve the arena of device " + std::to_string(mem_->device) + ": " +
            std::to_string(live_.size()) + " slab(s) are live (" + describe() + ")";
     return false;
   }
@@ -42,15 +42,15 @@ bool Arena::reserve(size_t bytes, std::string* err) {
 
 bool Arena::ensure_reserved(std::string* err) {
   if (base_) return true;
-  gran_ = budget_->backend->granularity(budget_->device);
+  gran_ = mem_->backend->granularity(mem_->device);
   size_t bytes = requested_;
   if (bytes == 0) {  // on demand: the device's total memory, mapped granule by granule
     size_t free_b = 0, total_b = 0;
-    bytes = budget_->backend->mem_info(budget_->device, &free_b, &total_b) ? total_b : (size_t(64) << 30);
+    bytes = mem_->backend->mem_info(mem_->device, &free_b, &total_b) ? total_b : (size_t(64) << 30);
   }
   bytes = round_up(bytes, gran_);
   std::string why;
-  void* p = budget_->backend->reserve(budget_->device, bytes, &why);
+  void* p = mem_->backend->reserve(mem_->device, bytes, &why);
   if (!p) {
     *err = "arena reservation of " + fmt_bytes(bytes) + " failed: " + why;
     return false;
@@ -70,17 +70,17 @@ bool Arena::map_range(size_t off, size_t len, std::string* err) {
   for (size_t g = g0; g <= g1; ++g) {
     if (!is_mapped_[g]) {
       std::string why;
-      bool ok = budget_->fits(gran_);
+      bool ok = mem_->fits(gran_);
       if (!ok)
-        why = "device limit " + fmt_bytes(budget_->limit) + " reached (held " + fmt_bytes(budget_->held) + ")";
+        why = "device limit " + fmt_bytes(mem_->limit) + " reached (held " + fmt_bytes(mem_->held) + ")";
       else
-        ok = budget_->backend->map(budget_->device, base_, g * gran_, gran_, &why);
+        ok = mem_->backend->map(mem_->device, base_, g * gran_, gran_, &why);
       if (!ok) {
         for (size_t u : newly) {
-          budget_->backend->unmap(budget_->device, base_, u * gran_, gran_);
+          mem_->backend->unmap(mem_->device, base_, u * gran_, gran_);
           is_mapped_[u] = 0;
           --mapped_;
-          budget_->held -= gran_;
+          mem_->held -= gran_;
           stats_->on_reserve(Path::Arena, -static_cast<int64_t>(gran_), -1, 0);
         }
         *err = "mapping granule " + std::to_string(g) + " failed: " + why;
@@ -88,7 +88,7 @@ bool Arena::map_range(size_t off, size_t len, std::string* err) {
       }
       is_mapped_[g] = 1;
       ++mapped_;
-      budget_->held += gran_;
+      mem_->held += gran_;
       stats_->on_reserve(Path::Arena, static_cast<int64_t>(gran_), -1, 0);
       newly.push_back(g);
     }
@@ -203,8 +203,8 @@ void Arena::process_pending() {
   for (auto it = live_.begin(); it != live_.end();) {
     auto cur = it++;
     Event ev = cur->second.pending;
-    if (ev && budget_->backend->event_done(ev)) {
-      budget_->backend->destroy_event(ev);
+    if (ev && mem_->backend->event_done(ev)) {
+      mem_->backend->destroy_event(ev);
       --pending_count_;
       finish_free(cur);
     }
@@ -224,10 +224,10 @@ size_t Arena::trim() {
   size_t freed = 0;
   for (size_t g = 0; g < is_mapped_.size(); ++g)
     if (is_mapped_[g] && users_[g] == 0) {
-      budget_->backend->unmap(budget_->device, base_, g * gran_, gran_);
+      mem_->backend->unmap(mem_->device, base_, g * gran_, gran_);
       is_mapped_[g] = 0;
       --mapped_;
-      budget_->held -= gran_;
+      mem_->held -= gran_;
       stats_->on_reserve(Path::Arena, -static_cast<int64_t>(gran_), -1, 0);
       freed += gran_;
     }

@@ -9,7 +9,7 @@
 //    its carved size is its size rounded up to that alignment;
 //  - a granule is mapped whenever a live (or pending) slab overlaps it; granules no slab overlaps stay
 //    mapped (cached) until trim(); users_[g] counts the slabs overlapping granule g;
-//  - physical bytes are charged to the device Budget granule by granule (map) and returned on unmap.
+//  - physical bytes are charged to the device's DeviceMemory granule by granule (map) and returned on unmap.
 // Not synchronised: callers hold the device mutex.
 #pragma once
 
@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "backend.h"
-#include "budget.h"
+#include "device_memory.h"
 #include "stats.h"
 
 namespace hybrid_alloc {
@@ -35,7 +35,7 @@ struct Slab {
 
 class Arena {
  public:
-  Arena(Budget* budget, DeviceStats* stats) : budget_(budget), stats_(stats) {}
+  Arena(DeviceMemory* mem, DeviceStats* stats) : mem_(mem), stats_(stats) {}
   ~Arena();
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
@@ -70,7 +70,7 @@ class Arena {
   void insert_free(size_t off, size_t len);
   void finish_free(std::map<size_t, Slab>::iterator it);
 
-  Budget* budget_;
+  DeviceMemory* mem_;
   DeviceStats* stats_;
   char* base_ = nullptr;
   size_t capacity_ = 0;

@@ -11,11 +11,12 @@
 // exists; (2) graph capture: PyTorch's begin/end_allocate_to_pool + release_pool contract maps 1:1 onto our
 // private pools, while cudaMallocAsync inside a capture creates graph memory nodes whose lifetime belongs
 // to the graph (different reuse rules, and PyTorch's own cudaMallocAsync backend has gaps there);
-// (3) one device budget shared with the slab arena: device_limit / memory fraction, OOM recovery that
-// trims cached segments and unmapped arena granules, and OOM messages that name both states; a driver pool
-// beside the arena would compete for memory blindly; (4) exact per-tag reserved attribution and pending
-// bytes need the pool's internals. The cost (fragmentation is ours to handle) is met the way PyTorch's
-// native allocator meets it: splitting/merging within segments, per-stream lists, empty_cache.
+// (3) one DeviceMemory (held bytes and their cap) shared with the slab arena: device_limit / memory
+// fraction, OOM recovery that trims cached segments and unmapped arena granules, and OOM messages that name
+// both states; a driver pool beside the arena would compete for memory blindly; (4) exact per-tag reserved
+// attribution and pending bytes need the pool's internals. The cost (fragmentation is ours to handle) is
+// met the way PyTorch's native allocator meets it: splitting/merging within segments, per-stream lists,
+// empty_cache.
 //
 // INVARIANTS (check() verifies them; every test and the fuzz call it):
 //  I1. A segment belongs to exactly one pool and one stream; its blocks tile [base, base + size) in
@@ -35,7 +36,7 @@
 //      P's blocks, once freed, return to P's free lists only, so P's memory is never recycled to other
 //      use. release_pool(P) marks P released; P's segments go back to the backend when P has no live
 //      (allocated, pending or deferred) block.
-//  I7. reserved_ == sum of segment sizes == the caching share of Budget::held and of stats.caching.reserved;
+//  I7. reserved_ == sum of segment sizes == the caching share of DeviceMemory::held and of stats.caching.reserved;
 //      pending_bytes_ == sum of sizes of Pending + Deferred blocks.
 //  I8. empty_cache (release_cached) returns only general-pool segments whose single block is Free.
 // Not synchronised: the Allocator holds the device mutex around every call.
@@ -188,11 +189,11 @@ Block* PtrMap::erase(const void* key) {
 
 // ----------------------------------------------------------------------------------------------- Caching
 
-Caching::Caching(Budget* budget, DeviceStats* stats) : budget_(budget), stats_(stats) {}
+Caching::Caching(DeviceMemory* mem, DeviceStats* stats) : mem_(mem), stats_(stats) {}
 
 Caching::~Caching() {
   hook_ = nullptr;  // teardown is not traced
-  for (auto& pe : pending_) budget_->backend->destroy_event(pe.ev);
+  for (auto& pe : pending_) mem_->backend->destroy_event(pe.ev);
   auto drop = [&](PoolState* pool) {
     while (pool->segs) free_segment(pool->segs);
   };
@@ -232,13 +233,13 @@ void Caching::put_block(Block* b) {
 Block* Caching::new_segment(PoolState* pool, FreeList* fl, size_t rounded, int tag, std::string* err) {
   size_t seg_size = fl->small ? kSmallSegment
                               : (rounded < kLargeDirect ? kLargeSegment : round_up(rounded, kGranule));
-  if (!budget_->fits(seg_size)) {
+  if (!mem_->fits(seg_size)) {
     *err = "a new " + fmt_bytes(seg_size) + " segment would exceed the device limit of " +
-           fmt_bytes(budget_->limit) + " (held " + fmt_bytes(budget_->held) + ")";
+           fmt_bytes(mem_->limit) + " (held " + fmt_bytes(mem_->held) + ")";
     return nullptr;
   }
   std::string why;
-  void* p = budget_->backend->alloc_segment(budget_->device, seg_size, &why);
+  void* p = mem_->backend->alloc_segment(mem_->device, seg_size, &why);
   if (!p) {
     *err = "backend could not allocate a " + fmt_bytes(seg_size) + " segment: " + why;
     return nullptr;
@@ -256,7 +257,7 @@ Block* Caching::new_segment(PoolState* pool, FreeList* fl, size_t rounded, int t
   ++pool->nsegments;
   ++nsegments_;
   reserved_ += seg_size;
-  budget_->held += seg_size;
+  mem_->held += seg_size;
   stats_->on_reserve(Path::Caching, static_cast<int64_t>(seg_size), tag, static_cast<int64_t>(seg_size));
   if (hook_) hook_(hook_ctx_, true, *sg);
   Block* b = get_block();
@@ -285,9 +286,9 @@ void Caching::free_segment(Segment* sg) {
   --pool->nsegments;
   --nsegments_;
   reserved_ -= sg->size;
-  budget_->held -= sg->size;
+  mem_->held -= sg->size;
   stats_->on_reserve(Path::Caching, -static_cast<int64_t>(sg->size), sg->tag, -static_cast<int64_t>(sg->size));
-  budget_->backend->free_segment(budget_->device, sg->base, sg->size);
+  mem_->backend->free_segment(mem_->device, sg->base, sg->size);
   delete sg;
 }
 
@@ -380,7 +381,7 @@ void Caching::try_record(Block* b) {
   std::vector<Stream>& u = *b->uses;
   size_t keep = 0;
   for (Stream st : u) {
-    Event ev = budget_->backend->record_event(budget_->device, st);
+    Event ev = mem_->backend->record_event(mem_->device, st);
     if (ev) {
       pending_.push_back({ev, b});
       ++b->pending;
@@ -423,8 +424,8 @@ void Caching::free(Block* b, Stream s) {
 void Caching::reap_done_events() {
   for (size_t i = 0; i < pending_.size();) {
     PendingEvent pe = pending_[i];
-    if (budget_->backend->event_done(pe.ev)) {
-      budget_->backend->destroy_event(pe.ev);
+    if (mem_->backend->event_done(pe.ev)) {
+      mem_->backend->destroy_event(pe.ev);
       pending_[i] = pending_.back();
       pending_.pop_back();
       Block* b = pe.block;

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "backend.h"
-#include "budget.h"
+#include "device_memory.h"
 #include "stats.h"
 
 namespace hybrid_alloc {
@@ -111,7 +111,7 @@ using SegmentHook = void (*)(void* ctx, bool mapped, const Segment& sg);
 
 class Caching {
  public:
-  Caching(Budget* budget, DeviceStats* stats);
+  Caching(DeviceMemory* mem, DeviceStats* stats);
   void set_segment_hook(SegmentHook fn, void* ctx) {
     hook_ = fn;
     hook_ctx_ = ctx;
@@ -166,7 +166,7 @@ class Caching {
     PoolState* pool;
   };
 
-  Budget* budget_;
+  DeviceMemory* mem_;
   DeviceStats* stats_;
   PoolState general_;
   std::vector<PoolState*> private_;

@@ -7,10 +7,15 @@ import os
 import re
 import sys
 
-from hybrid_alloc import validate, verify
+from hybrid_alloc import alloc_trace
 from hybrid_alloc.errors import UserError
 from hybrid_alloc.models.loader import MAMBA_DTYPES
+from hybrid_alloc.planner.comparison import compare_model
+from hybrid_alloc.planner.hardware import get_hardware
 from hybrid_alloc.planner.settings import KV_CACHE_DTYPES, SUPPORTED_VLLM_VERSIONS, Settings
+from hybrid_alloc.report import json_report, render
+from hybrid_alloc.report.plot import write_plot
+from hybrid_alloc.validation import validate, verify
 
 # With no MODEL, the embedded default: Qwen3.5-9B on 3x RTX 3060 12 GiB, PP=3, 32k-token requests
 # (its 262,144-token max_position_embeddings does not fit there, in vLLM as here).
@@ -110,8 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def trace_settings(args: argparse.Namespace) -> Settings:
-    from hybrid_alloc.planner.hardware import get_hardware
-
     hardware = get_hardware(args.hardware)
     if args.cpu_avx512_bf16 is not None and hardware.is_cuda:
         raise UserError("--cpu-avx512-bf16 / --no-cpu-avx512-bf16 describe a CPU backend: use them with --hardware cpu")
@@ -138,16 +141,9 @@ def run_trace_command(args: argparse.Namespace) -> None:
     if args.from_file:
         if args.model:
             raise UserError("trace: give either MODEL or --from TRACE.jsonl, not both")
-        from hybrid_alloc.alloc_trace import run
-
-        return run(args.from_file, args.top, args.json, args.plot)
-    from hybrid_alloc.planner.trace import run_trace
-    from hybrid_alloc.report import json_report, render
-
-    trace = run_trace(args.model or DEFAULT_MODEL, trace_settings(args))
+        return alloc_trace.run(args.from_file, args.top, args.json, args.plot)
+    trace = compare_model(args.model or DEFAULT_MODEL, trace_settings(args))
     if args.plot:
-        from hybrid_alloc.report.plot import write_plot
-
         write_plot(trace, args.plot)
     if args.json:
         print(json_report.dumps(trace))

@@ -7,3 +7,11 @@ class UserError(Exception):
 
 class ModelConfigError(UserError):
     """A config.json that cannot be read or is not a supported model."""
+
+
+class AllocatorError(UserError):
+    """The allocator cannot do what was asked; the message says why and what to do."""
+
+
+class AllocatorOOM(AllocatorError, MemoryError):
+    """An allocation failed: the arena or the device is exhausted (message from the library)."""

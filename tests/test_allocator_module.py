@@ -260,8 +260,10 @@ def test_missing_library_message(tmp_path):
     """A package without the built library: one clear line, no ctypes traceback."""
     pkg = tmp_path / "hybrid_alloc"
     pkg.mkdir()
-    src = os.path.dirname(allocator.__file__)
-    for f in ("__init__.py", "errors.py", "allocator.py"):
+    src = os.path.dirname(os.path.dirname(allocator.__file__))
+    (pkg / "allocator").mkdir()
+    for f in ("__init__.py", "errors.py", "allocator/__init__.py", "allocator/library.py", "allocator/control.py",
+              "allocator/pytorch.py"):
         (pkg / f).write_text(open(os.path.join(src, f)).read())
     code = (
         "from hybrid_alloc import allocator as a\n"

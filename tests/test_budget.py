@@ -9,7 +9,7 @@ import pytest
 from hand_layouts import hand_layout
 
 from hybrid_alloc.errors import UserError
-from hybrid_alloc.planner import budget as B
+from hybrid_alloc.planner import kv_budget as B
 from hybrid_alloc.planner.hardware import get_hardware
 from hybrid_alloc.planner.settings import Settings
 
@@ -28,7 +28,7 @@ def lines(budget) -> dict[str, int]:
 
 
 def test_pinned_budget_is_exact_on_every_stage():
-    budgets = B.stage_budgets(layout(), Settings(pp=3, kv_cache_memory=5 * GiB), get_hardware("rtx3060"))
+    budgets = B.kv_cache_budgets(layout(), Settings(pp=3, kv_cache_memory=5 * GiB), get_hardware("rtx3060"))
     assert [b.bytes for b in budgets] == [5 * GiB] * 3
     assert not any(b.estimated for b in budgets)
 
@@ -36,7 +36,7 @@ def test_pinned_budget_is_exact_on_every_stage():
 def test_estimate_pieces_per_stage():
     hardware = get_hardware("rtx3060")
     settings = Settings(pp=3, pp_layer_partition="12,10,10")
-    budgets = B.stage_budgets(layout(), settings, hardware)
+    budgets = B.kv_cache_budgets(layout(), settings, hardware)
     requested = ceil(hardware.memory_bytes * 0.92)
     for budget, layers in zip(budgets, (12, 10, 10)):
         got = lines(budget)
@@ -54,24 +54,24 @@ def test_estimate_pieces_per_stage():
 
 
 def test_single_gpu_large_tier_has_no_nccl_and_more_batched_tokens():
-    got = lines(B.stage_budgets(layout(), Settings(hardware="h100"), get_hardware("h100"))[0])
+    got = lines(B.kv_cache_budgets(layout(), Settings(hardware="h100"), get_hardware("h100"))[0])
     assert got["non-torch memory"] == -B.NON_TORCH
     assert got["activations (8192 tokens)"] == -8192 * B.ACTIVATION_BYTES_PER_TOKEN
 
 
 def test_gpu_memory_overrides_the_profile():
     settings = Settings(gpu_memory=32 * GiB, gpu_memory_utilization=0.5)
-    got = lines(B.stage_budgets(layout(), settings, get_hardware("rtx3060"))[0])
+    got = lines(B.kv_cache_budgets(layout(), settings, get_hardware("rtx3060"))[0])
     assert got["memory"] + got["x 0.5 (gpu_memory_utilization)"] == 16 * GiB
 
 
 def test_budget_too_small_names_the_numbers():
     with pytest.raises(UserError, match=r"stage 0: .*weights: decoder layers -6\.25 GiB.*--kv-cache-memory"):
-        B.stage_budgets(layout(), Settings(gpu_memory=4 * GiB), get_hardware("rtx3060"))
+        B.kv_cache_budgets(layout(), Settings(gpu_memory=4 * GiB), get_hardware("rtx3060"))
 
 
 def test_cpu_needs_a_memory_size():
     with pytest.raises(UserError, match="--kv-cache-memory"):
-        B.stage_budgets(layout(), Settings(hardware="cpu"), get_hardware("cpu"))
-    got = lines(B.stage_budgets(layout(), Settings(hardware="cpu", gpu_memory=64 * GiB), get_hardware("cpu"))[0])
+        B.kv_cache_budgets(layout(), Settings(hardware="cpu"), get_hardware("cpu"))
+    got = lines(B.kv_cache_budgets(layout(), Settings(hardware="cpu", gpu_memory=64 * GiB), get_hardware("cpu"))[0])
     assert "CUDA graphs" not in got

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from hybrid_alloc import allocator
+from hybrid_alloc.allocator import pytorch as allocator_torch
 from hybrid_alloc.vllm_plugin import global_mode, patching, phase_tags, profiler_stats
 
 from vllm_sources import tree, vllm_dirs
@@ -37,7 +38,7 @@ def clean(monkeypatch):
     private.pop("HYBRID_ALLOC_MODE", None)
     private.pop("HYBRID_ALLOC", None)
     monkeypatch.setattr(os, "environ", private)
-    monkeypatch.setattr(allocator, "_installed", False)
+    monkeypatch.setattr(allocator_torch, "_installed", False)
     before = len(patching._patched)
     yield
     while len(patching._patched) > before:  # this test's patches only
@@ -97,7 +98,7 @@ def install(monkeypatch):
 
     def fake_install(hooks="require"):
         events.append(("install", global_state() == NOTHING))
-        allocator._installed = True
+        allocator_torch._installed = True
 
     monkeypatch.setattr(allocator, "install", fake_install)
     monkeypatch.setattr(allocator, "live_hooks", lambda: allocator.ALL_HOOKS)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hybrid_alloc import nvml
+from hybrid_alloc.validation import nvml
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nvml"
 MiB = 1 << 20

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from hybrid_alloc.errors import UserError
-from hybrid_alloc.reconcile import MiB, REPORT_SCHEMA, Budget, load_report, reconcile
+from hybrid_alloc.validation.reconcile import MiB, REPORT_SCHEMA, PlannedMemory, load_report, reconcile
 
 GiB = 1 << 30
-BUDGET = Budget(weights=2 * GiB, peak_activations=512 * MiB, non_torch=128 * MiB, cuda_graphs=256 * MiB,
+BUDGET = PlannedMemory(weights=2 * GiB, peak_activations=512 * MiB, non_torch=128 * MiB, cuda_graphs=256 * MiB,
                 kv_cache=7 * GiB, cuda_context=400 * MiB)
 TAGS = {"kv_cache": 7 * GiB}
 
@@ -25,7 +25,7 @@ def test_budget_total_and_breakdown_rows():
 
 def test_tolerance_is_256_mib_or_three_percent():
     assert reconcile(0, BUDGET, {}, {}).tolerance == int(BUDGET.total * 0.03)
-    small = Budget(1, 0, 0, 0, 0, 0)
+    small = PlannedMemory(1, 0, 0, 0, 0, 0)
     assert reconcile(0, small, {}, {}).tolerance == 256 * MiB
 
 

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from hybrid_alloc.errors import UserError
 from hybrid_alloc.planner.settings import Settings
-from hybrid_alloc.planner.trace import trace_layout
+from hybrid_alloc.planner.comparison import compare_layout
 from hybrid_alloc.report import json_report, render
 from hybrid_alloc.report.plot import write_plot
 from hybrid_alloc.report.units import fmt_bytes
@@ -34,7 +34,7 @@ def rendered(trace) -> str:
 
 
 def test_tables_show_both_layouts_per_stage_and_estimates():
-    trace = trace_layout(qwen_like(), Settings(pp=3, max_model_len=32768))
+    trace = compare_layout(qwen_like(), Settings(pp=3, max_model_len=32768))
     text = rendered(trace)
     assert text.count("Stage ") == 3
     for row in ("attention block", "state page", "bytes per block", "blocks", "padding", "rounding", "unused"):
@@ -47,12 +47,12 @@ def test_tables_show_both_layouts_per_stage_and_estimates():
 
 
 def test_pinned_budget_is_not_labelled_estimate():
-    text = rendered(trace_layout(qwen_like(), Settings(kv_cache_memory=8 * GiB, max_model_len=32768)))
+    text = rendered(compare_layout(qwen_like(), Settings(kv_cache_memory=8 * GiB, max_model_len=32768)))
     assert "estimate" not in text and "8.00 GiB" in text
 
 
 def test_json_round_trips_and_splits_cover_the_budget():
-    trace = trace_layout(qwen_like(), Settings(pp=2, max_model_len=32768, kv_cache_memory=4 * GiB))
+    trace = compare_layout(qwen_like(), Settings(pp=2, max_model_len=32768, kv_cache_memory=4 * GiB))
     doc = json.loads(json_report.dumps(trace))
     assert [c["num_tokens"] for c in doc["capacity"]] == [512, 4096, 32768]
     for stage in doc["stages"]:
@@ -64,7 +64,7 @@ def test_json_round_trips_and_splits_cover_the_budget():
 
 def test_pp_suggestion_moves_layers_off_the_bottleneck():
     # Stage 0 carries the embeddings and its budget is the smallest: moving a layer off it helps stock vLLM.
-    trace = trace_layout(qwen_like(), Settings(pp=2, max_model_len=32768))
+    trace = compare_layout(qwen_like(), Settings(pp=2, max_model_len=32768))
     stock = [p for p in trace.partitions if p.layout == "stock"]
     assert stock and stock[0].partition[0] < stock[0].current[0] and stock[0].gain > 0
     assert "VLLM_PP_LAYER_PARTITION=" in rendered(trace)
@@ -72,12 +72,12 @@ def test_pp_suggestion_moves_layers_off_the_bottleneck():
 
 def test_too_small_for_one_request_is_a_user_error():
     with pytest.raises(UserError, match="max_model_len=262144"):
-        trace_layout(qwen_like(), Settings(kv_cache_memory=GiB))
+        compare_layout(qwen_like(), Settings(kv_cache_memory=GiB))
 
 
 def test_plot_is_a_png(tmp_path):
     path = tmp_path / "p.png"
-    write_plot(trace_layout(qwen_like(), Settings(pp=2, max_model_len=32768)), str(path))
+    write_plot(compare_layout(qwen_like(), Settings(pp=2, max_model_len=32768)), str(path))
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from hybrid_alloc.reconcile import load_report
+from hybrid_alloc.validation.reconcile import load_report
 from hybrid_alloc.vllm_plugin import startup_report
 
 GiB = 1 << 30

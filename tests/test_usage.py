@@ -9,14 +9,13 @@ from hand_layouts import hand_layout
 
 from hybrid_alloc.planner.hardware import get_hardware
 from hybrid_alloc.planner.natural import plan_natural, state_blocks_per_request
+from hybrid_alloc.planner.physical import physical_capacity, physical_stages
 from hybrid_alloc.planner.settings import Settings
 from hybrid_alloc.planner.stock import plan_stock
 from hybrid_alloc.planner.usage import (
     CATEGORIES,
     natural_split,
-    physical_capacity,
     physical_split,
-    physical_stages,
     stock_blocks_per_request,
     stock_capacity,
     stock_split,

@@ -52,7 +52,7 @@ import json as _json
 
 import pytest
 
-from hybrid_alloc.reconcile import REPORT_SCHEMA
+from hybrid_alloc.validation.reconcile import REPORT_SCHEMA
 from hybrid_alloc.validation import load, report, server
 
 

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hybrid_alloc import nvml, verify
+from hybrid_alloc.validation import nvml, verify
 from hybrid_alloc.cli import main
-from hybrid_alloc.reconcile import REPORT_SCHEMA
+from hybrid_alloc.validation.reconcile import REPORT_SCHEMA
 
 ROOT = Path(__file__).parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "nvml"

@@ -4,20 +4,17 @@ summary.py reads the trace, render.py prints the tables, json_report.py the JSON
 
 from __future__ import annotations
 
+from hybrid_alloc.alloc_trace.json_report import dumps
+from hybrid_alloc.alloc_trace.plot import write_plot
+from hybrid_alloc.alloc_trace.render import print_summary
+from hybrid_alloc.alloc_trace.summary import summarize
+
 
 def run(path: str, top: int, as_json: bool, plot: str | None) -> None:
-    from hybrid_alloc.alloc_trace.summary import summarize
-
     summary = summarize(path, top)
     if plot:
-        from hybrid_alloc.alloc_trace.plot import write_plot
-
         write_plot(summary, plot)
     if as_json:
-        from hybrid_alloc.alloc_trace.json_report import dumps
-
         print(dumps(summary))
     else:
-        from hybrid_alloc.alloc_trace.render import print_summary
-
         print_summary(summary)

@@ -14,6 +14,7 @@ import json
 import re
 from array import array
 from dataclasses import dataclass, field
+from operator import sub
 
 from hybrid_alloc.errors import UserError
 
@@ -127,14 +128,8 @@ def _summarize(lines, path: str, top: int) -> Summary:
     t0 = t1 = None
     # Timeline: after every alloc/free, the tag's row and its bytes live.
     ts, rows, values = array("q"), array("l"), array("q")
-    # Reserved bytes: mapped segments ((device, ptr) -> size) + live slabs. After every event that changes
-    # reserved or live: the time, reserved, reserved - live.
-    segments: dict[tuple, int] = {}
-    seg_bytes = slab_live = 0
-    unmatched_unmaps = 0
-    res_peak = res_peak_t = frag_peak = frag_peak_t = 0
-    frag_min = 0
-    rts, rvalues, fvalues = array("q"), array("q"), array("q")
+    reserved = Reserved()
+    record, mapped = reserved.record, reserved.mapped
 
     def keep(a, t_free, n):  # a: the live[] tuple; t_free None: live at the end; n: a unique tiebreak
         if len(heap) < top:
@@ -177,7 +172,7 @@ def _summarize(lines, path: str, top: int) -> Summary:
             # The ring drops the oldest events first, so a pointer still live here has no later free dropped.
             live[(device, ptr)] = (size, tag, stream, device, op, t)
             if op == "slab_alloc":
-                slab_live += size
+                reserved.bytes += size
             st = tags.get(tag)
             if st is None:
                 st = tags[tag] = TagStats(index=len(tags))
@@ -193,29 +188,17 @@ def _summarize(lines, path: str, top: int) -> Summary:
                 continue
             size = a[0]
             if a[4] == "slab_alloc":
-                slab_live -= size
+                reserved.bytes -= size
             st = tags[a[1]]
             st.live -= size
             total.live -= size
             keep(a, t, n)
         elif op == "segment_map":
-            # Mapped for the alloc that follows it: fragmentation counts it from that alloc on (else every
-            # new segment would show as a spike of its whole size between the two events).
-            segments[(device, ptr)] = size
-            seg_bytes += size
-            reserved = seg_bytes + slab_live
-            if reserved > res_peak:
-                res_peak, res_peak_t = reserved, t
-            rts.append(t)
-            rvalues.append(reserved)
-            fvalues.append(fvalues[-1] if fvalues else 0)
+            mapped((device, ptr), size, t)
             continue
         elif op == "segment_unmap":
-            size = segments.pop((device, ptr), None)
-            if size is None:
-                unmatched_unmaps += 1
+            if not reserved.unmapped((device, ptr)):
                 continue
-            seg_bytes -= size
             st = None
         else:
             continue  # oom: counted only
@@ -227,17 +210,7 @@ def _summarize(lines, path: str, top: int) -> Summary:
             ts.append(t)
             rows.append(st.index)
             values.append(st.live)
-        reserved = seg_bytes + slab_live
-        frag = reserved - total.live
-        if reserved > res_peak:
-            res_peak, res_peak_t = reserved, t
-        if frag > frag_peak:
-            frag_peak, frag_peak_t = frag, t
-        elif frag < frag_min:
-            frag_min = frag
-        rts.append(t)
-        rvalues.append(reserved)
-        fvalues.append(frag)
+        record(t, total.live)
 
     if t0 is None:
         raise UserError(f"{path}: the trace holds no events")
@@ -253,15 +226,72 @@ def _summarize(lines, path: str, top: int) -> Summary:
     )
     summary.timeline_t_ns, summary.timeline = _timeline(ts, rows, values, len(tags), t0, t1)
     if header.get("segments") or ops["segment_map"] or ops["segment_unmap"]:
-        reserved = seg_bytes + slab_live
-        summary.fragmentation = Fragmentation(
-            reserved_peak=res_peak, reserved_peak_t_ns=res_peak_t or t0, reserved_at_end=reserved,
-            peak=frag_peak, peak_t_ns=frag_peak_t or t0, at_end=reserved - total.live,
-            segments_at_end=len(segments), segment_bytes_at_end=seg_bytes, unmatched_unmaps=unmatched_unmaps,
-            note=_approximate(header, unmatched, unmatched_unmaps, frag_min),
-        )
-        summary.timeline_reserved, summary.timeline_fragmentation = _series(rts, rvalues, fvalues, t0, t1)
+        series = reserved.fragmentation_series()
+        note = _approximate(header, unmatched, reserved.unmatched_unmaps, min(series, default=0))
+        summary.fragmentation = reserved.fragmentation(total.live, t0, note, series)
+        timelines = _series(reserved.ts, reserved.values, series, t0, t1)
+        summary.timeline_reserved, summary.timeline_fragmentation = timelines
     return summary
+
+
+class Reserved:
+    """Reserved bytes over the pass (module docstring): the mapped caching segments ((device, ptr) -> size)
+    plus the live arena slabs. ``record`` keeps (time, reserved, live) after every event that changes either;
+    peaks and reserved - live are computed from those series once, after the pass.
+    Invariant: ``bytes == segment_bytes + live slab bytes`` and ``segment_bytes == sum(segments.values())``."""
+
+    __slots__ = ("segments", "segment_bytes", "bytes", "unmatched_unmaps", "ts", "values", "lives")
+
+    def __init__(self) -> None:
+        self.segments: dict[tuple, int] = {}
+        self.segment_bytes = self.bytes = self.unmatched_unmaps = 0
+        self.ts, self.values, self.lives = array("q"), array("q"), array("q")
+
+    def record(self, t: int, live: int) -> None:
+        """After an event that changed reserved or live (``live``: bytes of every live allocation)."""
+        self.ts.append(t)
+        self.values.append(self.bytes)
+        self.lives.append(live)
+
+    def mapped(self, key: tuple, size: int, t: int) -> None:
+        """A segment_map. Mapped for the alloc that follows it: reserved - live keeps its last value until
+        that alloc (else every new segment would show as a spike of its whole size between the two events)."""
+        last = self.values[-1] - self.lives[-1] if self.values else 0
+        self.segments[key] = size
+        self.segment_bytes += size
+        self.bytes += size
+        self.record(t, self.bytes - last)
+
+    def unmapped(self, key: tuple) -> bool:
+        """A segment_unmap; False when its segment_map is not in the trace (nothing changes then)."""
+        size = self.segments.pop(key, None)
+        if size is None:
+            self.unmatched_unmaps += 1
+            return False
+        self.segment_bytes -= size
+        self.bytes -= size
+        return True
+
+    def fragmentation_series(self) -> array:
+        """reserved - live at every recorded event."""
+        return array("q", map(sub, self.values, self.lives))
+
+    def fragmentation(self, live: int, t0: int, note: str | None, series: array) -> Fragmentation:
+        """``series``: fragmentation_series(). A peak's time is the first event that reached it."""
+        peak, peak_t = _first_max(self.ts, self.values)
+        frag_peak, frag_peak_t = _first_max(self.ts, series)
+        return Fragmentation(
+            reserved_peak=peak, reserved_peak_t_ns=peak_t or t0, reserved_at_end=self.bytes,
+            peak=frag_peak, peak_t_ns=frag_peak_t or t0, at_end=self.bytes - live,
+            segments_at_end=len(self.segments), segment_bytes_at_end=self.segment_bytes,
+            unmatched_unmaps=self.unmatched_unmaps, note=note,
+        )
+
+
+def _first_max(ts: array, values: array) -> tuple[int, int]:
+    """(the largest value if above 0 else 0, the time of its first occurrence, 0 with it)."""
+    top = max(values, default=0)
+    return (top, ts[values.index(top)]) if top > 0 else (0, 0)
 
 
 def _approximate(header: dict, unmatched_frees: int, unmatched_unmaps: int, frag_min: int) -> str | None:

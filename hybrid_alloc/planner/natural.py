@@ -1,13 +1,23 @@
 """The natural layout: vLLM's elastic shared block pool without state padding or inflated blocks.
 
-Per stage (../shared/DESIGN.md, "The natural layout"):
+Why this shape: a static split into a state pool of ``max_num_seqs`` slots and an attention pool (SGLang,
+vLLM TPU) loses to vLLM's single shared pool on some workload (sized for short requests, the state pool
+eats the budget long requests need; sized for long ones, short ones starve), so the pool stays shared and
+elastic, with no ratio to tune, and only what it costs in vLLM is removed: state pages padded up to the
+attention page, and attention blocks inflated to the state page's size.
+
+Per stage:
 - attention blocks hold ``B`` tokens, the smallest block the attention kernel supports;
 - one KV tensor per attention layer; each tensor also hosts ``r = ceil(n_state / n_attn)`` state layers;
 - a state slot is an aligned run of k block ids in every tensor, ``k = ceil(r * state_page /
-  attention_page)``; each hosted state layer keeps its unpadded page there. Runs are aligned from id 0,
-  slot ``s`` = ``[s*k, (s+1)*k)`` (the plugin's ``block_pool.FreeRuns``); slot 0 holds vLLM's null block 0
-  and is never handed out (a null state-table entry addresses slot 0), so ``num_blocks // k - 1`` slots
-  exist; the ``num_blocks % k`` ids above the last run serve attention only;
+  attention_page)``; each hosted state layer keeps its unpadded page there. Attention layers view a tensor
+  as ``[num_blocks, ...]``, state layers as ``[num_blocks // k, ...]`` at slot stride ``k`` pages: one
+  storage, two id spaces. Runs are aligned from block id 0, slot ``s`` = ids ``[s*k, (s+1)*k)`` (the
+  plugin's ``block_pool.FreeRuns`` and ``kv_groups`` views); the ``num_blocks % k`` ids above the last run
+  are attention-only, and vLLM's null block 0 sits in run 0, so run 0 never holds a slot (a null state-table
+  entry addresses slot 0): ``num_blocks // k - 1`` slots exist;
+- allocation from opposite ends: state slots take the highest free aligned runs, attention the spare ids
+  above the last run first, then the lowest free ids, so runs stay available;
 - bytes = ``num_blocks * sum(attention page of each attention layer)``; a stage without attention keeps
   its state in state-only tensors (one per state layer) of ``num_blocks // k`` slots.
 Pipeline parallel: one scheduler serves every stage, so ``num_blocks`` (the largest that fits every
@@ -23,13 +33,14 @@ A state-only model has no attention blocks: its pool unit is one slot (k = 1).
 Capacity at L tokens: ``min(max_num_seqs, (N - 1) // (ceil(L/B) + m*k), (N // k - 1) // m)``
 (``requests_that_fit``: block 0 is vLLM's null block, run 0 holds it), where ``m`` is the number of state
 slots vLLM's MambaManager may hold per request (``MambaSpec.max_memory_usage_bytes``). Exact for the
-plugin's free structure: slots take the highest free runs, attention the spare ids above the last run first,
-then the lowest free ids, so attention never strands a run it did not need.
+plugin's free structure (tests/test_natural.py admits requests into ``FreeRuns`` itself): attention never
+strands a run it did not need.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import log
 
 from hybrid_alloc.models.layout import ModelLayout
 from hybrid_alloc.planner.hardware import KERNEL_BLOCK_SIZE, HardwareProfile, attention_backend
@@ -217,8 +228,6 @@ def requests_that_fit(num_blocks: int, k: int, m: int, blocks_per_request: int) 
 
 def _objective(num_blocks: int, k: int, m: int, block: int, lengths: tuple[int, ...]) -> float:
     """Log of the geometric mean of the requests that fit at each length (plus one, so zero counts)."""
-    from math import log
-
     return sum(log(1 + requests_that_fit(num_blocks, k, m, cdiv(length, block) + m * k)) for length in lengths)
 
 
@@ -248,72 +257,22 @@ def plan_natural(
 ) -> NaturalPlan:
     """The natural plan; ``state_slot_blocks`` forces k (otherwise chosen as the module docstring says)."""
     block = natural_block_size(layout, settings, hardware)
-    dtype = cache_dtype(layout, settings)
     per_stage = stage_layers(layout, settings.pp, settings.pp_layer_partition)
     assert len(per_stage) == len(stage_budgets), "one budget per pipeline stage"
     has_attention = bool(layout.attention_layers)
     has_state = bool(layout.state_layers)
     model_len = max_model_len(layout, settings)
-    notes = []
-
-    shapes = [
-        StageShape(
-            kv=tuple(layer.kv_bytes_per_token(dtype) for layer in layers if layer.is_attention),
-            state_pages=tuple(layer.state_page_bytes for layer in layers if layer.is_state),
-            block=block,
-        )
-        for layers in per_stage
-    ]
+    shapes = _stage_shapes(per_stage, cache_dtype(layout, settings), block)
     m = state_blocks_per_request(layout, settings, hardware) if has_state else 0
-    if not has_attention:
-        k = 1  # no attention: the pool unit is one state slot
-        notes.append("no attention layer: the pool is a pool of state slots; capacity does not depend on length")
-    elif not has_state:
-        k = 1  # unused: no slot is ever taken
-        notes.append("no state layer: the natural layout is vLLM's attention pool at the natural block size")
-    elif state_slot_blocks is not None:
-        k = state_slot_blocks
-    else:
-        k = choose_slot_blocks(shapes, stage_budgets, m, objective_lengths(model_len))
-    padded = [i for i, shape in enumerate(shapes) if shape.kv and shape.bytes_per_block(k) > block * sum(shape.kv)]
-    if padded:
-        notes.append(
-            f"k = {k} blocks; stage(s) {', '.join(map(str, padded))} pad their attention page stride to hold "
-            "their state pages in a slot (more state per attention layer than the other stages)"
-        )
-
+    k, notes = _slot_blocks(shapes, stage_budgets, m, model_len, has_attention, has_state, state_slot_blocks)
     fits = [shape.max_blocks(budget, k, has_attention) for shape, budget in zip(shapes, stage_budgets)]
     num_blocks = min(fits)
-
-    stages = []
-    for index, (shape, budget, fit) in enumerate(zip(shapes, stage_budgets, fits)):
-        per_block = shape.bytes_per_block(k)
-        if shape.kv:
-            allocated = num_blocks * per_block
-        else:
-            allocated = (num_blocks // k) * sum(shape.state_pages)
-        stages.append(
-            NaturalStage(
-                stage=index,
-                num_attention_layers=len(shape.kv),
-                num_state_layers=len(shape.state_pages),
-                attention_page_bytes=shape.page,
-                bytes_per_block=per_block,
-                attention_padding_per_block=per_block - block * sum(shape.kv),
-                kv_bytes_per_token=sum(shape.kv),
-                state_page_bytes=shape.state_page,
-                state_bytes_per_request=sum(shape.state_pages),
-                state_layers_per_tensor=shape.r,
-                slot_blocks_needed=shape.k_needed,
-                budget_bytes=budget,
-                max_blocks=fit,
-                num_blocks=num_blocks,
-                state_slot_blocks=k,
-                bytes=allocated,
-            )
-        )
+    stages = tuple(
+        _natural_stage(index, shape, budget, fit, num_blocks, k)
+        for index, (shape, budget, fit) in enumerate(zip(shapes, stage_budgets, fits))
+    )
     return NaturalPlan(
-        stages=tuple(stages),
+        stages=stages,
         attention_block_size=block if has_attention else None,
         num_blocks=num_blocks,
         state_slot_blocks=k if has_state else 0,
@@ -321,4 +280,70 @@ def plan_natural(
         max_model_len=model_len,
         max_num_seqs=settings.max_num_seqs,
         notes=tuple(notes),
+    )
+
+
+def _stage_shapes(per_stage, dtype: str, block: int) -> list[StageShape]:
+    return [
+        StageShape(
+            kv=tuple(layer.kv_bytes_per_token(dtype) for layer in layers if layer.is_attention),
+            state_pages=tuple(layer.state_page_bytes for layer in layers if layer.is_state),
+            block=block,
+        )
+        for layers in per_stage
+    ]
+
+
+def _slot_blocks(
+    shapes: list[StageShape],
+    stage_budgets: list[int],
+    m: int,
+    model_len: int,
+    has_attention: bool,
+    has_state: bool,
+    forced: int | None,
+) -> tuple[int, list[str]]:
+    """k (the blocks of a state slot, shared by every stage) and the notes that explain it."""
+    notes = []
+    if not has_attention:
+        k = 1  # no attention: the pool unit is one state slot
+        notes.append("no attention layer: the pool is a pool of state slots; capacity does not depend on length")
+    elif not has_state:
+        k = 1  # unused: no slot is ever taken
+        notes.append("no state layer: the natural layout is vLLM's attention pool at the natural block size")
+    elif forced is not None:
+        k = forced
+    else:
+        k = choose_slot_blocks(shapes, stage_budgets, m, objective_lengths(model_len))
+    padded = [
+        i for i, shape in enumerate(shapes) if shape.kv and shape.bytes_per_block(k) > shape.block * sum(shape.kv)
+    ]
+    if padded:
+        notes.append(
+            f"k = {k} blocks; stage(s) {', '.join(map(str, padded))} pad their attention page stride to hold "
+            "their state pages in a slot (more state per attention layer than the other stages)"
+        )
+    return k, notes
+
+
+def _natural_stage(index: int, shape: StageShape, budget: int, fit: int, num_blocks: int, k: int) -> NaturalStage:
+    per_block = shape.bytes_per_block(k)
+    allocated = num_blocks * per_block if shape.kv else (num_blocks // k) * sum(shape.state_pages)
+    return NaturalStage(
+        stage=index,
+        num_attention_layers=len(shape.kv),
+        num_state_layers=len(shape.state_pages),
+        attention_page_bytes=shape.page,
+        bytes_per_block=per_block,
+        attention_padding_per_block=per_block - shape.block * sum(shape.kv),
+        kv_bytes_per_token=sum(shape.kv),
+        state_page_bytes=shape.state_page,
+        state_bytes_per_request=sum(shape.state_pages),
+        state_layers_per_tensor=shape.r,
+        slot_blocks_needed=shape.k_needed,
+        budget_bytes=budget,
+        max_blocks=fit,
+        num_blocks=num_blocks,
+        state_slot_blocks=k,
+        bytes=allocated,
     )

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 from hybrid_alloc.errors import UserError
 from hybrid_alloc.models.layout import ModelLayout
-from hybrid_alloc.planner.budget import stage_budgets
+from hybrid_alloc.planner.kv_budget import kv_cache_budgets
 from hybrid_alloc.planner.hardware import HardwareProfile
 from hybrid_alloc.planner.natural import plan_natural
 from hybrid_alloc.planner.pipeline import pp_indices
@@ -56,7 +56,7 @@ def suggest_partitions(
         if sizes not in scores:
             candidate = replace(settings, pp_layer_partition=",".join(map(str, sizes)))
             try:
-                budgets = [b.bytes for b in stage_budgets(layout, candidate, hardware)]
+                budgets = [b.bytes for b in kv_cache_budgets(layout, candidate, hardware)]
             except UserError:  # a stage left without cache memory
                 scores[sizes] = dict.fromkeys(LAYOUTS, 0.0)
             else:

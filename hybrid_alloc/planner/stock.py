@@ -432,14 +432,7 @@ def plan_stock(layout: ModelLayout, settings: Settings, stage_budgets: list[int]
     error = None
     stage_rows = []
     for index, (layers, config, budget) in enumerate(zip(stages, configs, stage_budgets)):
-        on_stage = {layer.name for layer in layers}
-        projected = [
-            ([n for n in names if n in on_stage], [s for n, s in zip(names, group_specs) if n in on_stage])
-            for names, group_specs in groups
-        ]
-        # _get_kv_cache_bytes_per_block (layer-outer): the largest group's pages per block id
-        # (block strides need no rounding: blocks are whole kernel blocks)
-        bytes_per_block = max((sum(s.page_size_bytes for s in group_specs) for _, group_specs in projected), default=0)
+        projected, bytes_per_block = _project_groups(groups, layers)
         if error is None and groups:
             error = _one_request_error(budget - bytes_per_block, bytes_per_block, request_blocks, max_model_len)
         stage_rows.append((index, layers, config, projected, bytes_per_block, budget // bytes_per_block if groups else 1))
@@ -448,42 +441,10 @@ def plan_stock(layout: ModelLayout, settings: Settings, stage_budgets: list[int]
     blocks_per_request = request_blocks(max_model_len) if groups else 0
     max_concurrency = num_blocks / blocks_per_request if blocks_per_request else 0.0
 
-    result_stages = []
-    for index, layers, config, projected, bytes_per_block, alone in stage_rows:
-        widest = max((len(names) for names, _ in projected), default=0)
-        stage_groups, tensors = [], []
-        for (_, group_specs), (stage_names, stage_specs) in zip(groups, projected):
-            group_spec = group_specs[0]  # generate_scheduler_kv_cache_config: the first layer's
-            stage_groups.append(
-                StockGroup(
-                    kind=group_spec.kind,
-                    layer_names=tuple(stage_names),
-                    num_padding_layers=widest - len(stage_names),
-                    block_size=group_spec.block_size,
-                    page_bytes=group_spec.page_size_bytes,
-                    blocks_per_request=group_spec.blocks_per_request(max_model_len, mode),
-                )
-            )
-            tensors += _group_tensors(stage_names, stage_specs, bytes_per_block * num_blocks, num_blocks)
-        attention_pages = [s.page_size_bytes for _, group_specs in projected for s in group_specs if s.is_attention]
-        state_pages = [layer.state_page_bytes for layer in layers if layer.is_state]
-        result_stages.append(
-            StockStage(
-                stage=index,
-                block_size=config.block_size,
-                mamba_page_size_padded=config.mamba_page_size_padded,
-                attention_page_bytes=attention_pages[0] if attention_pages else 0,
-                state_page_bytes=max(state_pages, default=0),
-                num_groups=len(groups),
-                groups=tuple(stage_groups),
-                bytes_per_block=bytes_per_block,
-                num_blocks=num_blocks,
-                kv_cache_memory_bytes=bytes_per_block * num_blocks,
-                tensors=tuple(tensors),
-                num_blocks_alone=alone,
-                attention_backend=config.backend,
-            )
-        )
+    result_stages = [
+        _stock_stage(index, layers, config, groups, projected, bytes_per_block, alone, num_blocks, max_model_len, mode)
+        for index, layers, config, projected, bytes_per_block, alone in stage_rows
+    ]
 
     return StockPlan(
         stages=tuple(result_stages),
@@ -496,4 +457,56 @@ def plan_stock(layout: ModelLayout, settings: Settings, stage_budgets: list[int]
         max_model_len=max_model_len,
         mamba_cache_mode=mode,
         blocks_per_request=blocks_per_request,
+    )
+
+
+def _project_groups(groups: list, layers) -> tuple[list, int]:
+    """Each group's (layer names, specs) on this stage, and the stage's bytes per block id:
+    _get_kv_cache_bytes_per_block (layer-outer), the largest group's pages per block id (block strides
+    need no rounding: blocks are whole kernel blocks)."""
+    on_stage = {layer.name for layer in layers}
+    projected = [
+        ([n for n in names if n in on_stage], [s for n, s in zip(names, group_specs) if n in on_stage])
+        for names, group_specs in groups
+    ]
+    bytes_per_block = max((sum(s.page_size_bytes for s in group_specs) for _, group_specs in projected), default=0)
+    return projected, bytes_per_block
+
+
+def _stock_stage(
+    index: int, layers, config, groups: list, projected: list, bytes_per_block: int, alone: int, num_blocks: int,
+    max_model_len: int, mode: str,
+) -> StockStage:
+    """One stage of the plan: its groups (padding layers up to the widest group) and KV cache tensors."""
+    widest = max((len(names) for names, _ in projected), default=0)
+    stage_groups, tensors = [], []
+    for (_, group_specs), (stage_names, stage_specs) in zip(groups, projected):
+        group_spec = group_specs[0]  # generate_scheduler_kv_cache_config: the first layer's
+        stage_groups.append(
+            StockGroup(
+                kind=group_spec.kind,
+                layer_names=tuple(stage_names),
+                num_padding_layers=widest - len(stage_names),
+                block_size=group_spec.block_size,
+                page_bytes=group_spec.page_size_bytes,
+                blocks_per_request=group_spec.blocks_per_request(max_model_len, mode),
+            )
+        )
+        tensors += _group_tensors(stage_names, stage_specs, bytes_per_block * num_blocks, num_blocks)
+    attention_pages = [s.page_size_bytes for _, group_specs in projected for s in group_specs if s.is_attention]
+    state_pages = [layer.state_page_bytes for layer in layers if layer.is_state]
+    return StockStage(
+        stage=index,
+        block_size=config.block_size,
+        mamba_page_size_padded=config.mamba_page_size_padded,
+        attention_page_bytes=attention_pages[0] if attention_pages else 0,
+        state_page_bytes=max(state_pages, default=0),
+        num_groups=len(groups),
+        groups=tuple(stage_groups),
+        bytes_per_block=bytes_per_block,
+        num_blocks=num_blocks,
+        kv_cache_memory_bytes=bytes_per_block * num_blocks,
+        tensors=tuple(tensors),
+        num_blocks_alone=alone,
+        attention_backend=config.backend,
     )

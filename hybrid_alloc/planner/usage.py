@@ -9,7 +9,7 @@ budget lands in exactly one category (the splits sum to the budget):
   padded attention page stride of a stage with more state per attention layer than k pages hold;
 - rounding: the unfilled tail of the last attention block; natural: a slot rounded up to k blocks;
 - unused: not held by any request (free blocks, and budget beyond the pool).
-Physical need = L tokens x KV bytes + one state per request, nothing else.
+Physical need (physical.py) = L tokens x KV bytes + one state per request, nothing else.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from hybrid_alloc.models.layout import ModelLayout
 from hybrid_alloc.planner.natural import NaturalPlan, cache_dtype, cdiv
-from hybrid_alloc.planner.pipeline import stage_layers
+from hybrid_alloc.planner.physical import PhysicalStage
 from hybrid_alloc.planner.settings import Settings
 from hybrid_alloc.planner.stock import StockPlan, StockStage
 
@@ -107,34 +107,6 @@ def natural_split(plan: NaturalPlan, stage_index: int, requests: int, num_tokens
 
 
 # --- physical -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PhysicalStage:
-    kv_bytes_per_token: int  # all attention layers of the stage, at the cache dtype
-    state_bytes_per_request: int  # one state per state layer of the stage, unpadded
-    budget_bytes: int
-
-    def need(self, num_tokens: int) -> int:
-        return num_tokens * self.kv_bytes_per_token + self.state_bytes_per_request
-
-
-def physical_stages(layout: ModelLayout, settings: Settings, budgets: list[int]) -> list[PhysicalStage]:
-    dtype = cache_dtype(layout, settings)
-    return [
-        PhysicalStage(
-            kv_bytes_per_token=sum(layer.kv_bytes_per_token(dtype) for layer in layers if layer.is_attention),
-            state_bytes_per_request=sum(layer.state_page_bytes for layer in layers if layer.is_state),
-            budget_bytes=budget,
-        )
-        for layers, budget in zip(stage_layers(layout, settings.pp, settings.pp_layer_partition), budgets)
-    ]
-
-
-def physical_capacity(stages: list[PhysicalStage], num_tokens: int, max_num_seqs: int) -> int:
-    """Requests of ``num_tokens`` tokens whose bytes fit every stage's budget, capped by max_num_seqs."""
-    fit = min(stage.budget_bytes // stage.need(num_tokens) for stage in stages if stage.need(num_tokens))
-    return min(max_num_seqs, fit)
 
 
 def physical_split(stage: PhysicalStage, requests: int, num_tokens: int) -> ByteSplit:

@@ -20,10 +20,10 @@ import json
 from dataclasses import asdict
 
 from hybrid_alloc.planner.pipeline import pp_indices
-from hybrid_alloc.planner.trace import Trace
+from hybrid_alloc.planner.comparison import LayoutComparison
 
 
-def to_dict(trace: Trace) -> dict:
+def to_dict(trace: LayoutComparison) -> dict:
     settings = trace.settings
     stock, natural = trace.stock, trace.natural
     return {
@@ -85,7 +85,7 @@ def to_dict(trace: Trace) -> dict:
     }
 
 
-def _stage(trace: Trace, index: int) -> dict:
+def _stage(trace: LayoutComparison, index: int) -> dict:
     settings = trace.settings
     stock, natural = trace.stock.stages[index], trace.natural.stages[index]
     budget = trace.budgets[index]
@@ -134,5 +134,5 @@ def _stage(trace: Trace, index: int) -> dict:
     }
 
 
-def dumps(trace: Trace) -> str:
+def dumps(trace: LayoutComparison) -> str:
     return json.dumps(to_dict(trace), indent=2)

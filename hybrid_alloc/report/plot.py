@@ -3,7 +3,7 @@ Drawn through report.png.write_png (matplotlib only with --plot)."""
 
 from __future__ import annotations
 
-from hybrid_alloc.planner.trace import Trace
+from hybrid_alloc.planner.comparison import LayoutComparison
 from hybrid_alloc.planner.usage import CATEGORIES
 from hybrid_alloc.report.png import write_png
 
@@ -12,11 +12,11 @@ COLORS = {"attention": "#4c72b0", "state": "#55a868", "padding": "#c44e52", "rou
 LAYOUTS = ("stock", "natural", "physical")
 
 
-def write_plot(trace: Trace, path: str) -> None:
+def write_plot(trace: LayoutComparison, path: str) -> None:
     write_png(path, lambda plt: _draw(trace, plt))
 
 
-def _draw(trace: Trace, plt):
+def _draw(trace: LayoutComparison, plt):
     gib = float(1 << 30)
     fig, axes = plt.subplots(
         1, len(trace.capacities), figsize=(4.2 * len(trace.capacities), 4.5), sharey=True, squeeze=False

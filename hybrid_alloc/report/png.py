@@ -15,7 +15,7 @@ def write_png(path: str, draw: Callable) -> None:
     except OSError as error:
         raise UserError(f"--plot {path}: cannot write the file ({error.strerror})") from None
     with out:
-        import matplotlib
+        import matplotlib  # lazy: slow import, only for --plot
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

@@ -8,12 +8,12 @@ from rich.console import Console
 from rich.table import Table
 
 from hybrid_alloc.planner.pipeline import pp_indices
-from hybrid_alloc.planner.trace import Trace
+from hybrid_alloc.planner.comparison import LayoutComparison
 from hybrid_alloc.planner.usage import CATEGORIES
 from hybrid_alloc.report.units import fmt_bytes, fmt_share
 
 
-def print_trace(trace: Trace, console: Console | None = None) -> None:
+def print_trace(trace: LayoutComparison, console: Console | None = None) -> None:
     console = console or Console()
     console.print(_header(trace))
     console.print(_budget_table(trace))
@@ -24,7 +24,7 @@ def print_trace(trace: Trace, console: Console | None = None) -> None:
         console.print(line)
 
 
-def _header(trace: Trace) -> str:
+def _header(trace: LayoutComparison) -> str:
     s, layout = trace.settings, trace.layout
     kinds = Counter(layer.kind for layer in layout.layers)
     layers = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
@@ -40,7 +40,7 @@ def _header(trace: Trace) -> str:
     )
 
 
-def _cpu_rule_line(trace: Trace) -> str:
+def _cpu_rule_line(trace: LayoutComparison) -> str:
     rule = trace.cpu_rule
     if rule is None:
         return ""
@@ -50,7 +50,7 @@ def _cpu_rule_line(trace: Trace) -> str:
     return f"\nCPU backend rules for {cpu} ({source}): state dtypes {', '.join(dtypes) or '-'}"
 
 
-def _budget_table(trace: Trace) -> Table:
+def _budget_table(trace: LayoutComparison) -> Table:
     table = Table(title="KV cache budget per GPU", title_justify="left")
     table.add_column("")
     for budget in trace.budgets:
@@ -74,7 +74,7 @@ def _budget_table(trace: Trace) -> Table:
     return table
 
 
-def _stage_table(trace: Trace, index: int) -> Table:
+def _stage_table(trace: LayoutComparison, index: int) -> Table:
     s = trace.settings
     stock, natural = trace.stock.stages[index], trace.natural.stages[index]
     start, end = pp_indices(trace.layout.num_decoder_layers, index, s.pp, s.pp_layer_partition)
@@ -131,7 +131,7 @@ def _stage_table(trace: Trace, index: int) -> Table:
     return table
 
 
-def _capacity_table(trace: Trace) -> Table:
+def _capacity_table(trace: LayoutComparison) -> Table:
     s = trace.settings
     stock, natural = trace.stock, trace.natural
     table = Table(
@@ -167,7 +167,7 @@ def _capacity_table(trace: Trace) -> Table:
     return table
 
 
-def _footer(trace: Trace) -> list[str]:
+def _footer(trace: LayoutComparison) -> list[str]:
     lines = []
     if trace.stock.error:
         lines.append(f"[red]stock vLLM refuses to start:[/red] {trace.stock.error}")

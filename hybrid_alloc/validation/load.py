@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from hybrid_alloc.errors import UserError
+from hybrid_alloc.models.bundled import find_bundled
 
 SEED = 0
 FALLBACK_VOCAB = 32000
@@ -21,8 +22,6 @@ FALLBACK_VOCAB = 32000
 def vocab_size(source: str) -> int:
     """The vocabulary of the served model, from its config.json (a folder, a file or a bundled config);
     32000 where none is readable."""
-    from hybrid_alloc.models.bundled import find_bundled
-
     path = Path(source).expanduser()
     if path.is_dir():
         path = path / "config.json"

@@ -14,7 +14,8 @@ import json
 import os
 import re
 
-from hybrid_alloc.reconcile import load_report
+from hybrid_alloc.report.png import write_png
+from hybrid_alloc.validation.reconcile import load_report
 
 SCHEMA = "hybrid-alloc/validation-report/1"
 _KV_SIZE = re.compile(r"KV cache size:\s*([\d,]+) tokens")
@@ -178,8 +179,6 @@ def markdown(report: dict) -> str:
 
 
 def write(report: dict, folder: str) -> dict[str, str]:
-    from hybrid_alloc.report.png import write_png
-
     paths = {ext: os.path.join(folder, f"report.{ext}") for ext in ("json", "md", "png")}
     with open(paths["json"], "w") as f:
         json.dump(report, f, indent=1)

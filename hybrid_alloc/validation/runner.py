@@ -7,10 +7,14 @@ import glob
 import os
 import sys
 
-from hybrid_alloc import nvml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
 from hybrid_alloc.errors import UserError
 from hybrid_alloc.validation import load as load_mod
+from hybrid_alloc.validation import nvml
 from hybrid_alloc.validation import report as report_mod
+from hybrid_alloc.validation.launch import device, launches, server_command
 from hybrid_alloc.validation.server import PLUGIN_MARKER, Server, capacity_lines, log_lines, port_free
 
 # what a stock run must not inherit from the caller's environment
@@ -28,11 +32,6 @@ def _nvml_gpus() -> list[dict] | None:
 
 
 def run_validation(args: argparse.Namespace, lengths: tuple[int, ...], nvml_status: dict) -> dict:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from hybrid_alloc.validate import device
-
     if not port_free(args.port):
         raise UserError(f"port {args.port} is busy (another server?): stop it or give --port")
     out = os.path.abspath(args.out)
@@ -71,8 +70,6 @@ def run_validation(args: argparse.Namespace, lengths: tuple[int, ...], nvml_stat
 
 def _runs(args, progress, prompt_ids, plugin_dir: str, out: str, runs: dict) -> None:
     """Each launch in turn: start, wait for /health, capacity, load, stop; recorded into ``runs``."""
-    from hybrid_alloc.validate import device, launches, server_command
-
     for label, extra, command in launches(args):
         if label == "plugin":
             extra = {**extra, "HYBRID_ALLOC_REPORT_DIR": plugin_dir}

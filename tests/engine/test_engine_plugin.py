@@ -13,7 +13,7 @@ import pytest
 from harness import run
 from workloads import BUDGET, LONG, SHORT, spec
 
-from hybrid_alloc.reconcile import load_report
+from hybrid_alloc.validation.reconcile import load_report
 
 pytestmark = pytest.mark.engine
 

@@ -42,16 +42,16 @@ def default_max_num_batched_tokens(hardware: HardwareProfile) -> int:
 
 
 @dataclass(frozen=True)
-class BudgetLine:
+class KVCacheBudgetLine:
     label: str
     bytes: int  # added to the budget (negative: subtracted)
     estimate: bool
 
 
 @dataclass(frozen=True)
-class StageBudget:
+class KVCacheBudget:
     stage: int
-    lines: tuple[BudgetLine, ...]
+    lines: tuple[KVCacheBudgetLine, ...]
 
     @property
     def bytes(self) -> int:
@@ -62,11 +62,11 @@ class StageBudget:
         return any(line.estimate for line in self.lines)
 
 
-def stage_budgets(layout: ModelLayout, settings: Settings, hardware: HardwareProfile) -> list[StageBudget]:
+def kv_cache_budgets(layout: ModelLayout, settings: Settings, hardware: HardwareProfile) -> list[KVCacheBudget]:
     """One budget per pipeline stage. Raises UserError when a stage has nothing left for the cache."""
     if settings.kv_cache_memory is not None:
-        pinned = BudgetLine("--kv-cache-memory", settings.kv_cache_memory, estimate=False)
-        budgets = [StageBudget(stage, (pinned,)) for stage in range(settings.pp)]
+        pinned = KVCacheBudgetLine("--kv-cache-memory", settings.kv_cache_memory, estimate=False)
+        budgets = [KVCacheBudget(stage, (pinned,)) for stage in range(settings.pp)]
     else:
         budgets = [_estimate(layout, settings, hardware, stage) for stage in range(settings.pp)]
     for budget in budgets:
@@ -83,7 +83,7 @@ def stage_budgets(layout: ModelLayout, settings: Settings, hardware: HardwarePro
     return budgets
 
 
-def _estimate(layout: ModelLayout, settings: Settings, hardware: HardwareProfile, stage: int) -> StageBudget:
+def _estimate(layout: ModelLayout, settings: Settings, hardware: HardwareProfile, stage: int) -> KVCacheBudget:
     memory = settings.gpu_memory or hardware.memory_bytes
     if memory is None:
         raise UserError(
@@ -93,23 +93,23 @@ def _estimate(layout: ModelLayout, settings: Settings, hardware: HardwareProfile
     start, end = pp_indices(layout.num_decoder_layers, stage, settings.pp, settings.pp_layer_partition)
     weights = sum(layout.weight_bytes_per_decoder_layer[start:end])
     lines = [
-        BudgetLine("memory" if settings.gpu_memory else f"memory ({hardware.name})", memory, estimate=False),
-        BudgetLine(
+        KVCacheBudgetLine("memory" if settings.gpu_memory else f"memory ({hardware.name})", memory, estimate=False),
+        KVCacheBudgetLine(
             f"x {settings.gpu_memory_utilization} (gpu_memory_utilization)",
             ceil(memory * settings.gpu_memory_utilization) - memory,
             estimate=False,
         ),
-        BudgetLine("weights: decoder layers", -weights, estimate=True),
+        KVCacheBudgetLine("weights: decoder layers", -weights, estimate=True),
     ]
     if stage == 0:
-        lines.append(BudgetLine("weights: embeddings", -layout.embedding_weight_bytes, estimate=True))
+        lines.append(KVCacheBudgetLine("weights: embeddings", -layout.embedding_weight_bytes, estimate=True))
     if stage == settings.pp - 1:
-        lines.append(BudgetLine("weights: final norm + LM head", -layout.head_weight_bytes, estimate=True))
+        lines.append(KVCacheBudgetLine("weights: final norm + LM head", -layout.head_weight_bytes, estimate=True))
     non_torch = NON_TORCH + (NCCL if settings.tp * settings.pp > 1 else 0)
-    lines.append(BudgetLine("non-torch memory", -non_torch, estimate=True))
+    lines.append(KVCacheBudgetLine("non-torch memory", -non_torch, estimate=True))
     tokens = default_max_num_batched_tokens(hardware)
     activations = ACTIVATION_BYTES_PER_TOKEN * tokens
-    lines.append(BudgetLine(f"activations ({tokens} tokens)", -activations, estimate=True))
+    lines.append(KVCacheBudgetLine(f"activations ({tokens} tokens)", -activations, estimate=True))
     if hardware.is_cuda:
-        lines.append(BudgetLine("CUDA graphs", -CUDA_GRAPHS, estimate=True))
-    return StageBudget(stage, tuple(lines))
+        lines.append(KVCacheBudgetLine("CUDA graphs", -CUDA_GRAPHS, estimate=True))
+    return KVCacheBudget(stage, tuple(lines))

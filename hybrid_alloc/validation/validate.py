@@ -1,8 +1,8 @@
 """`hybrid-alloc validate`: stock vLLM vs the plugin on the same setup.
 
-The run (hybrid_alloc.validation.runner): `vllm serve` twice, one after the other (stock, then HYBRID_ALLOC=1),
-each time the capacity vLLM reports, the fixed short load (LOAD_*), generated tokens/s; then the outputs
-compared token by token, the plugin's startup reports (plan, allocator, NVML reconciliation per GPU) and
+The run (runner.py, with the launches of launch.py): `vllm serve` twice, one after the other (stock, then
+HYBRID_ALLOC=1), each time the capacity vLLM reports, the fixed short load (LOAD_*), generated tokens/s; then
+the outputs compared token by token, the plugin's startup reports (plan, allocator, NVML reconciliation per GPU) and
 report.md / report.json / report.png in --out. `--dry-run` prints the launches and the trace's prediction.
 On CUDA without an NVIDIA driver: one line, exit 3; `--device cpu` (or `--hardware cpu`) runs on vLLM's
 CPU backend without NVML."""
@@ -14,9 +14,22 @@ import os
 import shlex
 import sys
 
-from hybrid_alloc import nvml
 from hybrid_alloc.errors import UserError
-from hybrid_alloc.verify import NO_DRIVER_EXIT
+from hybrid_alloc.planner.comparison import compare_model
+from hybrid_alloc.planner.hardware import get_hardware
+from hybrid_alloc.planner.settings import Settings
+from hybrid_alloc.report import render
+from hybrid_alloc.validation import nvml
+from hybrid_alloc.validation.launch import (
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    device,
+    gpu_memory_utilization,
+    launches,
+    server_command,
+    trace_source,
+)
+from hybrid_alloc.validation.runner import run_validation
+from hybrid_alloc.validation.verify import NO_DRIVER_EXIT
 
 DEFAULT_MODEL = "Qwen/Qwen3.5-9B"
 DEFAULT_MAX_MODEL_LEN = 32768
@@ -24,8 +37,6 @@ DEFAULT_MAX_MODEL_LEN = 32768
 LOAD_PROMPT_TOKENS = (64, 512, 2048, 8192)
 LOAD_REQUESTS = 32
 LOAD_MAX_TOKENS = 128
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
-VLLM_CLI_MODULE = "vllm.entrypoints.cli.main"  # what the `vllm` script runs (0.32)
 
 
 def add_parser(commands) -> None:
@@ -70,46 +81,6 @@ def add_parser(commands) -> None:
     parser.parse_known_args = parse_known_args
 
 
-def launches(args: argparse.Namespace) -> list[tuple[str, dict[str, str], list[str]]]:
-    """(label, environment, command) for the stock run, then the plugin run."""
-    devices = ",".join(str(i) for i in range(args.pp * args.tp))
-    command = ["vllm", "serve", args.model_path or args.model,
-               "--pipeline-parallel-size", str(args.pp), "--tensor-parallel-size", str(args.tp),
-               "--max-model-len", str(args.max_model_len)]
-    if gpu_memory_utilization(args) is not None:
-        command += ["--gpu-memory-utilization", str(gpu_memory_utilization(args))]
-    command += ["--port", str(args.port), "--seed", "0"]
-    if args.model_path:
-        command += ["--served-model-name", args.model]
-    command += args.vllm_args
-    base = ({"CUDA_VISIBLE_DEVICES": devices, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"} if device(args) == "cuda"
-            else {"VLLM_TARGET_DEVICE": "cpu"})
-    plugin = {**base, "HYBRID_ALLOC": "1", "HYBRID_ALLOC_REPORT_DIR": os.path.join(args.out, "plugin")}
-    return [("stock", base, command), ("plugin", plugin, command)]
-
-
-def trace_source(args: argparse.Namespace) -> str:
-    """What the trace reads: the checkpoint's config.json, else the bundled config of the named model."""
-    return args.model_path or args.model
-
-
-def device(args: argparse.Namespace) -> str:
-    """"cpu" (vLLM's CPU backend, no NVML) with --device cpu or --hardware cpu; else "cuda"."""
-    return args.device or ("cpu" if args.hardware == "cpu" else "cuda")
-
-
-def gpu_memory_utilization(args: argparse.Namespace) -> float | None:
-    """The flag's value; on CPU vLLM's default (None) unless given."""
-    if args.gpu_memory_utilization is None and device(args) == "cuda":
-        return DEFAULT_GPU_MEMORY_UTILIZATION
-    return args.gpu_memory_utilization
-
-
-def server_command(args: argparse.Namespace, command: list[str]) -> list[str]:
-    """`vllm serve ...` as started: through --vllm-python (vLLM's CLI module), not the `vllm` script."""
-    return [args.vllm_python or sys.executable, "-m", VLLM_CLI_MODULE, *command[1:]]
-
-
 def _prompt_tokens(text: str) -> tuple[int, ...]:
     try:
         lengths = tuple(int(n) for n in text.split(","))
@@ -152,17 +123,10 @@ def run(args: argparse.Namespace) -> None:
             print(f"hybrid-alloc: {reason}", file=sys.stderr)
             raise SystemExit(NO_DRIVER_EXIT) from None
         nvml_status = {"available": True, "reason": ""}
-    from hybrid_alloc.validation.runner import run_validation
-
     run_validation(args, lengths, nvml_status)
 
 
 def _print_plan(args: argparse.Namespace) -> None:
-    from hybrid_alloc.planner.hardware import get_hardware
-    from hybrid_alloc.planner.settings import Settings
-    from hybrid_alloc.planner.trace import run_trace
-    from hybrid_alloc.report import render
-
     where = f"{args.pp * args.tp} GPU(s)" if device(args) == "cuda" else "vLLM's CPU backend"
     print(f"Would run, one after the other, on {where} (the servers started as "
           f"{shlex.join(server_command(args, ['vllm']))}):")
@@ -179,7 +143,7 @@ def _print_plan(args: argparse.Namespace) -> None:
                         gpu_memory_utilization=gpu_memory_utilization(args) or DEFAULT_GPU_MEMORY_UTILIZATION,
                         max_num_seqs=hardware.default_max_num_seqs, kv_cache_memory=_kv_cache_bytes(args.vllm_args),
                         prefix_caching="--no-enable-prefix-caching" not in args.vllm_args)
-    render.print_trace(run_trace(trace_source(args), settings))
+    render.print_trace(compare_model(trace_source(args), settings))
 
 
 def _kv_cache_bytes(vllm_args: list[str]) -> int | None:

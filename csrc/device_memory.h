@@ -8,7 +8,7 @@
 
 namespace hybrid_alloc {
 
-struct Budget {
+struct DeviceMemory {
   Backend* backend = nullptr;
   int device = 0;
   size_t held = 0;   // bytes currently held from the backend

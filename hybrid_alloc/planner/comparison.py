@@ -1,4 +1,5 @@
-"""`hybrid-alloc trace`: budget, stock and natural layouts, physical need and where the bytes go."""
+"""`hybrid-alloc trace`: the layouts compared (a `LayoutComparison`): each stage's KV cache budget, the stock,
+natural and physical-need layouts in it, and where the bytes go."""
 
 from __future__ import annotations
 
@@ -7,22 +8,14 @@ from dataclasses import dataclass
 from hybrid_alloc.errors import UserError
 from hybrid_alloc.models import load_layout
 from hybrid_alloc.models.layout import ModelLayout
-from hybrid_alloc.planner.budget import GiB, StageBudget, stage_budgets
+from hybrid_alloc.planner.kv_budget import GiB, KVCacheBudget, kv_cache_budgets
 from hybrid_alloc.planner.hardware import CpuRule, HardwareProfile, cpu_rule, get_hardware
 from hybrid_alloc.planner.natural import NaturalPlan, max_model_len, plan_natural
 from hybrid_alloc.planner.partition import PartitionSuggestion, suggest_partitions
 from hybrid_alloc.planner.settings import Settings
 from hybrid_alloc.planner.stock import StockPlan, plan_stock
-from hybrid_alloc.planner.usage import (
-    ByteSplit,
-    PhysicalStage,
-    natural_split,
-    physical_capacity,
-    physical_split,
-    physical_stages,
-    stock_capacity,
-    stock_split,
-)
+from hybrid_alloc.planner.physical import PhysicalStage, physical_capacity, physical_stages
+from hybrid_alloc.planner.usage import ByteSplit, natural_split, physical_split, stock_capacity, stock_split
 
 SHORT_LENGTHS = (512, 4096)  # reported besides max_model_len
 
@@ -42,12 +35,12 @@ class Capacity:
 
 
 @dataclass(frozen=True)
-class Trace:
+class LayoutComparison:
     layout: ModelLayout
     settings: Settings
     hardware: HardwareProfile
     max_model_len: int
-    budgets: tuple[StageBudget, ...]
+    budgets: tuple[KVCacheBudget, ...]
     stock: StockPlan
     natural: NaturalPlan
     physical: tuple[PhysicalStage, ...]
@@ -56,18 +49,18 @@ class Trace:
     cpu_rule: CpuRule | None  # the CPU backend's state-dtype rule the layout was loaded under; None on GPUs
 
 
-def run_trace(model: str, settings: Settings) -> Trace:
+def compare_model(model: str, settings: Settings) -> LayoutComparison:
     rule = cpu_rule(get_hardware(settings.hardware), settings.cpu_avx512_bf16)
     layout = load_layout(model, tp=settings.tp, num_speculative_tokens=settings.num_speculative_tokens,
                          mamba_ssm_cache_dtype=settings.mamba_ssm_cache_dtype,
                          cpu_avx512_bf16=bool(rule and rule.avx512_bf16))
-    return trace_layout(layout, settings)
+    return compare_layout(layout, settings)
 
 
-def trace_layout(layout: ModelLayout, settings: Settings) -> Trace:
-    """``layout`` must have been loaded for ``settings`` (tp, speculative tokens, state dtypes: run_trace)."""
+def compare_layout(layout: ModelLayout, settings: Settings) -> LayoutComparison:
+    """``layout`` must have been loaded for ``settings`` (tp, speculative tokens, state dtypes: compare_model)."""
     hardware = get_hardware(settings.hardware)
-    budgets = stage_budgets(layout, settings, hardware)
+    budgets = kv_cache_budgets(layout, settings, hardware)
     budget_bytes = [budget.bytes for budget in budgets]
     stock = plan_stock(layout, settings, budget_bytes)
     natural = plan_natural(layout, settings, budget_bytes, hardware)
@@ -84,7 +77,7 @@ def trace_layout(layout: ModelLayout, settings: Settings) -> Trace:
         _capacity(layout, settings, stock, natural, physical, budget_bytes, n)
         for n in (*(n for n in SHORT_LENGTHS if n < length), length)
     )
-    return Trace(
+    return LayoutComparison(
         layout=layout,
         settings=settings,
         hardware=hardware,

@@ -8,8 +8,11 @@ import json
 import sys
 from dataclasses import dataclass
 
-from hybrid_alloc import nvml
-from hybrid_alloc.reconcile import Reconciliation, load_report, reconcile
+from rich.console import Console
+from rich.table import Table
+
+from hybrid_alloc.validation import nvml
+from hybrid_alloc.validation.reconcile import Reconciliation, load_report, reconcile
 
 NO_DRIVER_EXIT = 3
 VLLM_MARKERS = ("vllm",)  # in the command line: `vllm serve`, `python -m vllm...`, `VLLM::Worker_PP0` titles
@@ -124,9 +127,6 @@ def _gib(n: int | None) -> str:
 
 
 def _print(snapshot: nvml.Snapshot, rows: list[Row], checks) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     table = Table(title=f"GPU memory as NVML sees it (driver {snapshot.driver_version})")
     for column in ("GPU", "name", "PID", "command", "used", "device used / total", "note"):
