@@ -25,7 +25,7 @@ LOAD_PROMPT_TOKENS = (64, 512, 2048, 8192)
 LOAD_REQUESTS = 32
 LOAD_MAX_TOKENS = 128
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
-VLLM_CLI_MODULE = "vllm.entrypoints.cli.main"  # what the `vllm` script runs (0.32)
+VLLM_CLI_MODULE = "vllm.entrypoints.cli.main"  # what the `vllm` script runs (vllm_versions.ENGINE_TESTED)
 
 
 def add_parser(commands) -> None:

@@ -28,12 +28,13 @@ exact: attention never strands a run it did not need.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import log
 
+from hybrid_alloc import vllm_versions
 from hybrid_alloc.models.layout import ModelLayout
 from hybrid_alloc.planner.hardware import KERNEL_BLOCK_SIZE, HardwareProfile, attention_backend
 from hybrid_alloc.planner.pipeline import stage_layers
 from hybrid_alloc.planner.settings import Settings
-from hybrid_alloc.planner.stock import VERSIONS
 
 
 def cdiv(a: int, b: int) -> int:
@@ -60,14 +61,15 @@ def natural_block_size(layout: ModelLayout, settings: Settings, hardware: Hardwa
 def state_blocks_per_request(layout: ModelLayout, settings: Settings, hardware: HardwareProfile) -> int:
     """State blocks one request may hold in a state group (``MambaSpec.max_memory_usage_bytes`` / page):
     1 + spec in "none" mode; 2 + spec + prefill checkpoint blocks in "align" mode, where Mamba2 layers
-    always add one and Gated DeltaNet layers add one with FlashInfer's GDN prefill (vLLM 0.33, when every
-    state layer is GDN). The largest over the state layers: one natural slot serves them all."""
+    always add one and Gated DeltaNet layers add one with FlashInfer's GDN prefill (where the release's
+    ``PlannerRules.gdn_prefill_checkpoint_block`` says so, when every state layer is GDN). The largest over
+    the state layers: one natural slot serves them all."""
     spec = settings.num_speculative_tokens
     if settings.mamba_cache_mode != "align":
         return 1 + spec
     kinds = {layer.kind for layer in layout.state_layers}
     gdn_checkpoints = (
-        VERSIONS[settings.vllm_version].gdn_prefill_checkpoint_block
+        vllm_versions.RELEASES[settings.vllm_version].planner.gdn_prefill_checkpoint_block
         and hardware.gdn_prefill_flashinfer
         and kinds == {"gdn"}
     )
@@ -204,8 +206,6 @@ class StageShape:
 
 def _objective(num_blocks: int, k: int, m: int, block: int, lengths: tuple[int, ...]) -> float:
     """Log of the geometric mean of the requests that fit at each length (plus one, so zero counts)."""
-    from math import log
-
     return sum(log(1 + max(0, (num_blocks - 1) // (cdiv(length, block) + m * k))) for length in lengths)
 
 

@@ -18,13 +18,14 @@ import os
 import sys
 from dataclasses import fields
 
-from hybrid_alloc import nvml
+from hybrid_alloc import allocator, nvml, vllm_versions
 from hybrid_alloc.reconcile import REPORT_SCHEMA, Budget, reconcile
 
 from . import log
 
-# vLLM 0.32's profiler numbers: report line -> (holder, attribute); the worker sets them in
-# determine_available_memory's profiling pass (GPU), the model runner in load_model.
+# The profiler numbers of the engine-tested release (``vllm_versions.ENGINE_TESTED``): report line ->
+# (holder, attribute); the worker sets them in determine_available_memory's profiling pass (GPU), the model
+# runner in load_model.
 _PROFILER = {
     "weights": ("runner", "model_memory_usage"),
     "peak_activations": ("worker", "peak_activation_memory"),
@@ -132,15 +133,13 @@ def write(kv_cache_config, device) -> None:
 
 
 def _ranks() -> tuple[int, int]:
-    from vllm.distributed.parallel_state import get_pp_group, get_tp_group
+    from vllm.distributed.parallel_state import get_pp_group, get_tp_group  # lazy: vllm
 
     return get_pp_group().rank_in_group, get_tp_group().rank_in_group
 
 
 def _kv_tag() -> dict | str:
     try:
-        from hybrid_alloc import allocator
-
         return allocator.tag_stats().get("kv_cache") or "no kv_cache tag (the KV cache is not from the allocator)"
     except ImportError as error:
         return f"allocator unavailable ({error})"
@@ -164,7 +163,7 @@ def _callers() -> dict:
 
 def _profiler() -> dict[str, int | str]:
     holders = _callers()
-    numbers: dict[str, int | str] = {"non_torch": "vLLM 0.32 keeps it only inside its profiling pass"}
+    numbers: dict[str, int | str] = {"non_torch": f"vLLM {vllm_versions.ENGINE_TESTED} keeps it only inside its profiling pass"}
     for line, (holder, attr) in _PROFILER.items():
         obj = holders.get(holder)
         value = getattr(obj, attr, None)
