@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from vllm.utils.math_utils import cdiv
+from vllm.v1.core.block_pool import BlockPool
 from vllm.v1.core.kv_cache_utils import KVCacheBlock
 from vllm.v1.core.single_type_kv_cache_manager import MambaManager
 
@@ -97,18 +98,16 @@ def _reset_prefix_cache(reset, pool, k: int):
 
 
 # The live objects of a natural coordinator, swapped by use_slots / use_align_slots (patching.swap)
-POOL = "vllm.v1.core.block_pool:BlockPool"
-MANAGER = "vllm.v1.core.single_type_kv_cache_manager:MambaManager"
 SWAPS = {
-    "ordered_queue": Swap(POOL, "free_block_queue",
+    "ordered_queue": Swap(BlockPool, "free_block_queue",
                           lambda queue, pool, k: OrderedFreeBlockQueue(pool.blocks, k, queue.get_all_free_blocks())),
-    "caching_queue": Swap(POOL, "free_block_queue",
+    "caching_queue": Swap(BlockPool, "free_block_queue",
                           lambda queue, pool, k: CachingFreeBlockQueue(pool, k, queue.get_all_free_blocks())),
-    "reset_prefix_cache": Swap(POOL, "reset_prefix_cache", _reset_prefix_cache),
+    "reset_prefix_cache": Swap(BlockPool, "reset_prefix_cache", _reset_prefix_cache),
     # same state, slot-aware allocation
-    "slot_manager": Swap(MANAGER, "__class__", lambda cls, manager, k: SlotMambaManager),
-    "align_slot_manager": Swap(MANAGER, "__class__", lambda cls, manager, k: AlignSlotMambaManager),
-    "slot_pool": Swap(MANAGER, "block_pool", lambda pool, manager: SlotPool(pool)),
+    "slot_manager": Swap(MambaManager, "__class__", lambda cls, manager, k: SlotMambaManager),
+    "align_slot_manager": Swap(MambaManager, "__class__", lambda cls, manager, k: AlignSlotMambaManager),
+    "slot_pool": Swap(MambaManager, "block_pool", lambda pool, manager: SlotPool(pool)),
 }
 
 

@@ -1,7 +1,7 @@
 """The whole natural KV cache config: groups, tensors and block count (the engine core's KV cache planning).
 
-Replaces ``get_kv_cache_configs`` (in the release's ``planning_module``, ``hybrid_alloc.vllm_versions``)
-and, on releases where the engine core first calls it, ``get_global_kv_cache_groups``; both imported by
+Replaces ``get_kv_cache_configs`` (defined in the release's ``planning_module``, ``hybrid_alloc.vllm_versions``)
+and, on releases where the engine core calls it first, ``get_global_kv_cache_groups`` (both imported by
 name in ``vllm.v1.engine.core``) when the natural layout applies.
 Layout, per pipeline stage, on the layer-outermost KV cache layouts (LBHNC: vLLM's CPU backend):
 - one region of ``num_blocks * P`` bytes per attention layer; ``P`` = the attention page ``A`` at the

@@ -74,7 +74,7 @@ def apply(patches) -> None:
 
 @dataclass(frozen=True)
 class Swap:
-    owner: str  # the class of the live objects, "module:Class" (where vLLM creates them)
+    owner: type  # the class of the live objects (vLLM creates them)
     name: str
     wrap: Callable  # (original, obj, *context) -> replacement
 
@@ -82,6 +82,7 @@ class Swap:
 def swap(obj, declared: Swap, *context) -> None:
     """Set ``declared.name`` on the live object ``obj`` to ``declared.wrap(original, obj, *context)``. The
     original is kept while ``obj`` lives (vLLM owns it: no reference here keeps an engine's pool alive)."""
+    assert isinstance(obj, declared.owner), f"{type(obj).__name__} is not a {declared.owner.__name__}"
     originals = _swapped.setdefault(obj, {})
     if declared.name not in originals:
         originals[declared.name] = getattr(obj, declared.name)

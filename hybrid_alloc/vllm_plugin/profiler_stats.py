@@ -80,7 +80,7 @@ PATCHED = {
 }
 
 
-PATCHES = tuple(
+PATCHES = tuple(  # replacements, not wrappers: torch's own functions raise under the pluggable allocator
     Patch(name, lambda original, fn=fn: fn, (f"torch.{namespace}",))
     for namespace, functions in PATCHED.items()
     for name, fn in functions.items()
