@@ -20,6 +20,7 @@ VERSION_TABLE = "hybrid_alloc.vllm_versions"
 RELEASE = re.compile(
     r"(?<![\w.])v?0\.(?:[1-9]\d)(?:\.(?:\d+|x))?(?:rc\d+)?(?![\w.]*\d)|(?i:vllm(?:-cpu)?\s*(?:==|>=|<=|~=|\s)\s*v?0\.\d+)"
 )
+TEXT_TOKENS = {tokenize.STRING, tokenize.COMMENT, getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
 NOT_A_RELEASE = re.compile(r"^0\.(?:[5-9]\d)$")  # fractions (0.92 utilisation, 0.98 plot margins) above any release
 
 
@@ -117,7 +118,7 @@ def release_strings(root: Path, table: str = VERSION_TABLE) -> list[str]:
         if name == table:
             continue
         for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
-            if token.type not in (tokenize.STRING, tokenize.COMMENT):
+            if token.type not in TEXT_TOKENS:
                 continue
             for match in RELEASE.finditer(token.string):
                 if not NOT_A_RELEASE.match(match.group()):
@@ -192,6 +193,7 @@ def test_cycle_check_reports_a_three_module_cycle(tmp_path):
         ("# 0.32: line 939\n", True),
         ('X = "0.34.0rc1"\n', True),
         ('X = "0.10.x"\n', True),
+        ('X = f"vLLM {v} (was 0.31)"\n', True),
         ('MIN = "vllm>=0.8"\n', True),
         ("UTILISATION = 0.92  # vLLM's default\n", False),
         ('MARGINS = dict(left=0.06, right=0.98)\n', False),

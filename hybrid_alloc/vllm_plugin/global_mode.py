@@ -10,9 +10,9 @@ worker class and platform, after ``init_worker`` and right before it calls the w
 whose first CUDA calls are ``torch.accelerator.device_count`` / ``set_device_index``
 (``vllm.v1.worker.gpu_worker`` ``Worker.init_device``). Called by the uniprocess executor, the
 multiprocess executor's ``WorkerProc.__init__`` and the Ray executor's ``collective_rpc("init_device")``
-(the Ray executor checked on ``vllm_versions.ENGINE_TESTED`` only). Running inside the worker makes it independent of the start
-method: with fork the wrapped method is inherited, with spawn ``register()`` runs again in the worker
-(``init_worker`` loads the plugins) before it is called.
+(the Ray executor checked on ``vllm_versions.ENGINE_TESTED`` only). Running inside the worker makes it
+independent of the start method: with fork the wrapped method is inherited, with spawn ``register()`` runs
+again in the worker (``init_worker`` loads the plugins) before it is called.
 
 There, before the worker's ``init_device``: ``allocator.install()`` (``change_current_allocator`` with every
 bridge hook live), then ``profiler_stats.patch()`` (vLLM's memory profiler reads the allocator's statistics)

@@ -10,8 +10,9 @@ queue, a manager's class) are declared the same way, as ``Swap`` s, and set by `
 
 Invariants: an attribute is replaced at most once per owner or object (applying again while the
 replacement is in place changes nothing: vLLM calls ``register()`` again in spawned processes); ``_patched`` holds (owner, name, original) in patch
-order, ``_swapped`` the originals of live objects while they live; ``restore`` undoes the patches (tests
-that apply the plugin inside a process that also runs stock vLLM).
+order, ``_swapped`` the swapped attributes of live objects while they live (no original kept: it would
+keep the object alive); ``restore`` undoes the patches (tests that apply the plugin inside a process that
+also runs stock vLLM).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from hybrid_alloc import vllm_versions
 
 _patched: list[tuple[object, str, object]] = []  # (owner, attribute, original raw value), in patch order
 _installed: dict[tuple[int, str], object] = {}  # (id(owner), attribute) -> the replacement set there
-_swapped: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # live object -> {attribute: original}
+_swapped: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # live object -> {swapped attribute}
 
 
 @dataclass(frozen=True)
@@ -80,13 +81,12 @@ class Swap:
 
 
 def swap(obj, declared: Swap, *context) -> None:
-    """Set ``declared.name`` on the live object ``obj`` to ``declared.wrap(original, obj, *context)``. The
-    original is kept while ``obj`` lives (vLLM owns it: no reference here keeps an engine's pool alive)."""
+    """Set ``declared.name`` on the live object ``obj`` to ``declared.wrap(original, obj, *context)``, once."""
     assert isinstance(obj, declared.owner), f"{type(obj).__name__} is not a {declared.owner.__name__}"
-    originals = _swapped.setdefault(obj, {})
-    if declared.name not in originals:
-        originals[declared.name] = getattr(obj, declared.name)
-        setattr(obj, declared.name, declared.wrap(originals[declared.name], obj, *context))
+    swapped = _swapped.setdefault(obj, set())
+    if declared.name not in swapped:
+        swapped.add(declared.name)
+        setattr(obj, declared.name, declared.wrap(getattr(obj, declared.name), obj, *context))
 
 
 def original(patch: Patch):
