@@ -262,7 +262,7 @@ def test_register_wires_global_mode_without_cuda(monkeypatch):
     monkeypatch.setattr(vllm_plugin, "_registered", False)
     vllm_plugin.register()
     try:
-        assert vars(worker_base.WorkerWrapperBase)["init_device"] is global_mode._init_device
+        assert vars(worker_base.WorkerWrapperBase)["init_device"].hybrid_alloc_global  # global_mode's wrapper
         assert global_state() == NOTHING
     finally:
         vllm_plugin.unregister()

@@ -9,7 +9,7 @@ os.environ.setdefault("HYBRID_ALLOC_BACKEND", "host")
 
 import pytest
 
-from hybrid_alloc import allocator
+from hybrid_alloc import allocator, vllm_versions
 from hybrid_alloc.vllm_plugin import phase_tags
 
 from vllm_sources import class_methods, tree, vllm_dirs
@@ -105,9 +105,10 @@ def test_wrapping_twice_tags_once(tagged):
 
 def test_wrapped_names_exist_in_vllm_032_and_033():
     for label, found in vllm_dirs():
-        for module in phase_tags.RUNNER_MODULES:
+        for runner in vllm_versions.RELEASES[found["version"]].model_runners:
+            module, cls = runner.split(":")
             relpath = module.removeprefix("vllm.").replace(".", "/") + ".py"
-            methods = class_methods(tree(found["vllm"], relpath), "GPUModelRunner")
+            methods = class_methods(tree(found["vllm"], relpath), cls)
             assert set(phase_tags.RUNNER_PHASES) <= methods, (label, module)
         worker = class_methods(tree(found["vllm"], "v1/worker/gpu_worker.py"), "Worker")
         assert phase_tags.RUNTIME_AFTER in worker, label
@@ -115,12 +116,10 @@ def test_wrapped_names_exist_in_vllm_032_and_033():
 
 def test_patch_wraps_vllm_once_and_is_undone():
     """patch() on vLLM's own classes (this environment's vLLM) goes through ``patching``: recorded once, undone."""
-    import importlib
-
     worker = pytest.importorskip("vllm.v1.worker.gpu_worker").Worker
     from hybrid_alloc.vllm_plugin import patching
 
-    runners = [importlib.import_module(m).GPUModelRunner for m in phase_tags.RUNNER_MODULES]
+    runners = [patching.resolve(r) for r in vllm_versions.running().model_runners]
     originals = {(cls, name): vars(cls)[name] for cls in runners for name in phase_tags.RUNNER_PHASES}
     originals[(worker, phase_tags.RUNTIME_AFTER)] = vars(worker)[phase_tags.RUNTIME_AFTER]
     assert not any(hasattr(m, "hybrid_alloc_phase") for m in originals.values())

@@ -11,7 +11,7 @@ from vllm.v1.core.block_pool import BlockPool  # noqa: E402
 from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id  # noqa: E402
 
 from hybrid_alloc.vllm_plugin.block_pool import CachingFreeBlockQueue, SlotPool  # noqa: E402
-from hybrid_alloc.vllm_plugin.scheduler import _reserve_slot_zero  # noqa: E402
+from hybrid_alloc.vllm_plugin.kv_cache_coordinator import _reserve_slot_zero  # noqa: E402
 
 
 def make_pool(num_blocks=40, k=4):

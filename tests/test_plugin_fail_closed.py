@@ -5,7 +5,8 @@ from types import SimpleNamespace as NS
 
 import pytest
 
-from hybrid_alloc.vllm_plugin import fail_closed, versions
+from hybrid_alloc import vllm_versions
+from hybrid_alloc.vllm_plugin import fail_closed
 
 
 def config(**overrides):
@@ -30,9 +31,9 @@ def test_natural_when_nothing_fails(monkeypatch):
     assert fail_closed.config_reason(config()) is None
     # prefix caching on: vLLM's "align" mode runs on natural pages (issue 7) where the release is verified
     caching = config(**{"cache_config.enable_prefix_caching": True, "cache_config.mamba_cache_mode": "align"})
-    monkeypatch.setattr(versions, "release", lambda: versions.SUPPORTED["0.32"])
+    monkeypatch.setattr(vllm_versions, "running", lambda: vllm_versions.RELEASES["0.32"])
     assert fail_closed.config_reason(caching) is None
-    monkeypatch.setattr(versions, "release", lambda: versions.SUPPORTED["0.33"])
+    monkeypatch.setattr(vllm_versions, "running", lambda: vllm_versions.RELEASES["0.33"])
     assert "not verified on this vLLM release" in fail_closed.config_reason(caching)
 
 
@@ -52,14 +53,6 @@ def test_natural_when_nothing_fails(monkeypatch):
 )
 def test_each_config_condition(override, words):
     assert words in fail_closed.config_reason(config(**override))
-
-
-def test_versions():
-    assert versions.unsupported_reason("0.32.0") is None
-    assert versions.unsupported_reason("0.32.1rc1") is None
-    assert "0.31.2 is not a supported version" in versions.unsupported_reason("0.31.2")
-    assert versions.unsupported_reason("0.33.2") is None
-    assert "0.34.0 is not a supported version (supported: 0.32.x, 0.33.x)" in versions.unsupported_reason("0.34.0")
 
 
 def test_stock_logs_one_line_per_engine(caplog, monkeypatch):
@@ -101,7 +94,7 @@ def test_spec_conditions():
 @pytest.mark.parametrize("value, tokens", [("", 512), ("100", 128), ("32", 32), ("1", 32), ("abc", 512), ("-64", 512)])
 def test_state_checkpoint_interval(value, tokens, monkeypatch):
     pytest.importorskip("vllm")
-    from hybrid_alloc.vllm_plugin.block_size import checkpoint_tokens
+    from hybrid_alloc.vllm_plugin.checkpoint_interval import checkpoint_tokens
 
     monkeypatch.setattr(os, "environ", dict(os.environ, HYBRID_ALLOC_STATE_CHECKPOINT=value))
     assert checkpoint_tokens(32) == tokens  # a multiple of the 32-token block; bad values: the default

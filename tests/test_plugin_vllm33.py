@@ -76,7 +76,7 @@ def _case(config_name: str, pp: int, tmp_path_factory, hardware: str = "rtx3060"
 
 def _check_tiling(config) -> None:
     """Attention pages and state slots of one stage: inside the buffer, no two layers' bytes overlap."""
-    from hybrid_alloc.vllm_plugin.kv_groups import SlotTensor
+    from hybrid_alloc.vllm_plugin.natural_config import SlotTensor
 
     size = config.kv_cache_tensors[0].size
     spans = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -24,11 +25,15 @@ print(json.dumps({
 
 
 def locate(python: str, torch_names: tuple[tuple[str, str], ...] = ()) -> dict:
-    """{"vllm": vLLM's package directory, "has": [torch.<ns>.<name> exists, ...]} for ``python``."""
+    """{"vllm": vLLM's package directory, "version": its "major.minor", "has": [torch.<ns>.<name> exists, ...]}
+    for ``python``."""
     out = subprocess.run(
         [python, "-c", _LOCATE, json.dumps(torch_names)], capture_output=True, text=True, timeout=120, check=True
     )
-    return json.loads(out.stdout)
+    found = json.loads(out.stdout)
+    with open(os.path.join(found["vllm"], "_version.py"), encoding="utf-8") as f:
+        found["version"] = re.search(r"^__version__ = version = '(\d+\.\d+)", f.read(), re.M).group(1)
+    return found
 
 
 def vllm_dirs(torch_names: tuple[tuple[str, str], ...] = ()) -> list[tuple[str, dict]]:

@@ -1,4 +1,5 @@
-"""Per-layer cache layouts of models, read from Hugging Face ``config.json`` the way vLLM 0.33 reads them.
+"""Per-layer cache layouts of models, read from Hugging Face ``config.json`` the way vLLM reads them
+(the newest supported release, ``vllm_versions.LATEST``).
 
 ``load_layout(model, tp=, num_speculative_tokens=)`` takes a config.json path, a folder holding one, or a
 bundled short name / Hugging Face id (``bundled_models()``). Pure Python: no vLLM, torch or transformers.

@@ -1,4 +1,5 @@
-"""Reading a Hugging Face ``config.json`` the way vLLM 0.33 sees it, without transformers or vLLM.
+"""Reading a Hugging Face ``config.json`` the way vLLM sees it (``vllm_versions.LATEST``),
+without transformers or vLLM.
 
 vLLM builds a transformers config class from the file; fields absent from the file take that class's
 default. ``HFConfig.get(field, default)`` reproduces this: each family module passes the default of the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from hybrid_alloc import vllm_versions
 from hybrid_alloc.models.family import Context, FamilyLayout, attention_layer, kv_heads_per_rank
 from hybrid_alloc.models.layout import CacheLayer
 from hybrid_alloc.models.state_shapes import mamba1_state
@@ -60,4 +61,4 @@ def build(ctx: Context) -> FamilyLayout:
                         vocab_size=cfg.int("vocab_size", 65536),
                         tie_word_embeddings=cfg.tie_word_embeddings(False),
                         max_position_embeddings=cfg.int("max_position_embeddings", 262144),
-                        notes=["Mamba1 conv state takes no speculative-token slots in vLLM 0.33"])
+                        notes=[f"Mamba1 conv state takes no speculative-token slots in vLLM {vllm_versions.LATEST}"])

@@ -1,4 +1,4 @@
-"""Recurrent state shapes and dtypes per TP rank: a pure-Python copy of vLLM 0.33's
+"""Recurrent state shapes and dtypes per TP rank: a pure-Python copy of vLLM's (``vllm_versions.LATEST``)
 ``MambaStateShapeCalculator`` / ``MambaStateDtypeCalculator``
 (``vllm/model_executor/layers/mamba/mamba_utils.py``), without torch.
 

@@ -1,4 +1,5 @@
-"""The devices a plan can be computed for, and what vLLM 0.33 picks by default on each.
+"""The devices a plan can be computed for, and what vLLM (``vllm_versions.LATEST``) picks by
+default on each.
 
 Memory is the total that ``torch.cuda.mem_get_info()`` / ``total_memory`` reports (what vLLM's
 ``requested_memory = total x gpu_memory_utilization`` starts from), taken from PyTorch

@@ -13,7 +13,7 @@ Per stage:
   attention_page)``; each hosted state layer keeps its unpadded page there. Attention layers view a tensor
   as ``[num_blocks, ...]``, state layers as ``[num_blocks // k, ...]`` at slot stride ``k`` pages: one
   storage, two id spaces. Runs are aligned from block id 0, slot ``s`` = ids ``[s*k, (s+1)*k)`` (the
-  plugin's ``block_pool.FreeRuns`` and ``kv_groups`` views); the ``num_blocks % k`` ids above the last run
+  plugin's ``block_pool.FreeRuns`` and ``kv_cache_planning`` views); the ``num_blocks % k`` ids above the last run
   are attention-only, and vLLM's null block 0 sits in run 0, so run 0 never holds a slot (a null state-table
   entry addresses slot 0): ``num_blocks // k - 1`` slots exist;
 - allocation from opposite ends: state slots take the highest free aligned runs, attention the spare ids
@@ -42,11 +42,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import log
 
+from hybrid_alloc import vllm_versions
 from hybrid_alloc.models.layout import ModelLayout
 from hybrid_alloc.planner.hardware import KERNEL_BLOCK_SIZE, HardwareProfile, attention_backend
 from hybrid_alloc.planner.pipeline import stage_layers
 from hybrid_alloc.planner.settings import Settings
-from hybrid_alloc.planner.stock import VERSIONS
 
 
 def cdiv(a: int, b: int) -> int:
@@ -73,14 +73,15 @@ def natural_block_size(layout: ModelLayout, settings: Settings, hardware: Hardwa
 def state_blocks_per_request(layout: ModelLayout, settings: Settings, hardware: HardwareProfile) -> int:
     """State blocks one request may hold in a state group (``MambaSpec.max_memory_usage_bytes`` / page):
     1 + spec in "none" mode; 2 + spec + prefill checkpoint blocks in "align" mode, where Mamba2 layers
-    always add one and Gated DeltaNet layers add one with FlashInfer's GDN prefill (vLLM 0.33, when every
-    state layer is GDN). The largest over the state layers: one natural slot serves them all."""
+    always add one and Gated DeltaNet layers add one with FlashInfer's GDN prefill (where the release's
+    ``PlannerRules.gdn_prefill_checkpoint_block`` says so, when every state layer is GDN). The largest over
+    the state layers: one natural slot serves them all."""
     spec = settings.num_speculative_tokens
     if settings.mamba_cache_mode != "align":
         return 1 + spec
     kinds = {layer.kind for layer in layout.state_layers}
     gdn_checkpoints = (
-        VERSIONS[settings.vllm_version].gdn_prefill_checkpoint_block
+        vllm_versions.RELEASES[settings.vllm_version].planner.gdn_prefill_checkpoint_block
         and hardware.gdn_prefill_flashinfer
         and kinds == {"gdn"}
     )

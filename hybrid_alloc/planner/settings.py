@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SUPPORTED_VLLM_VERSIONS = ("0.33", "0.32")
+from hybrid_alloc import vllm_versions
+
+SUPPORTED_VLLM_VERSIONS = tuple(reversed(vllm_versions.VERSIONS))  # newest first: the default
 KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8")
 
 
 @dataclass(frozen=True)
 class Settings:
     hardware: str = "rtx3060"  # a key of hybrid_alloc.planner.hardware.HARDWARE
-    vllm_version: str = "0.33"
+    vllm_version: str = vllm_versions.LATEST
     pp: int = 1
     tp: int = 1
     kv_cache_memory: int | None = None  # bytes per GPU; pins the budget like --kv-cache-memory-bytes

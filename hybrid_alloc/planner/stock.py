@@ -1,4 +1,4 @@
-"""vLLM's own KV cache layout for a model (what stock vLLM 0.33 / 0.32 allocates), in pure Python.
+"""vLLM's own KV cache layout for a model (what stock vLLM allocates, per supported release), in pure Python.
 
 Each step mirrors a vLLM function (named in its docstring); ``tests/test_stock_parity.py`` checks the
 results against those functions. Per pipeline stage, as each worker does:
@@ -14,6 +14,7 @@ minimum over stages, the one-request check) and ``get_kv_cache_capacity`` (the l
 Out of scope (``plan_stock`` raises UserError): sliding-window attention, MLA.
 The KV cache layout is the default ``LBNHC`` (layer-outer; what FlashAttention, FlashInfer below
 SM100, Triton and CPU attention resolve to), so ``_get_packed_kv_cache_groups`` never applies.
+What differs between releases is the row's ``PlannerRules`` (``hybrid_alloc.vllm_versions``).
 """
 
 from __future__ import annotations
@@ -31,35 +32,14 @@ from hybrid_alloc.planner.hardware import (
     get_hardware,
 )
 from hybrid_alloc.planner.pipeline import stage_layers
-from hybrid_alloc.planner.settings import Settings
+from hybrid_alloc.planner.settings import SUPPORTED_VLLM_VERSIONS, Settings
+from hybrid_alloc.vllm_versions import RELEASES, PlannerRules
 
 GiB = 1 << 30
 # FLASHINFER_GDN_CHECKPOINT_ALIGNMENT (vllm/v1/attention/backends/gdn_attn.py)
 FLASHINFER_GDN_CHECKPOINT_ALIGNMENT = 64
 # CacheConfig.DEFAULT_BLOCK_SIZE: the block size the config starts with
 DEFAULT_BLOCK_SIZE = 16
-
-
-@dataclass(frozen=True)
-class VersionRules:
-    """What differs between the supported vLLM versions on this path (every other function used
-    here is identical in 0.32.0 and 0.33.0)."""
-
-    # 0.33 `_align_hybrid_block_size`: in "align" mode the block is also a multiple of
-    # `get_mamba_prefill_checkpoint_alignment` (64 with FlashInfer GDN prefill). Not in 0.32.
-    align_to_prefill_checkpoints: bool
-    # 0.33 GDN layers (`GatedDeltaNetAttention.get_kv_cache_spec`) export prefill checkpoints with
-    # FlashInfer prefill in "align" mode: one more state block per request. 0.32 has no override.
-    gdn_prefill_checkpoint_block: bool
-    # 0.32 `CpuPlatform.check_and_update_config` sets block_size = 128 when the config is built;
-    # 0.33 does it later in `update_block_size_for_backend`, which skips stages without attention.
-    cpu_block_size_at_config: bool
-
-
-VERSIONS = {
-    "0.33": VersionRules(True, True, False),
-    "0.32": VersionRules(False, False, True),
-}
 
 
 @dataclass(frozen=True)
@@ -191,7 +171,7 @@ def _stage_config(
     layers: tuple[CacheLayer, ...],
     settings: Settings,
     hw: HardwareProfile,
-    rules: VersionRules,
+    rules: PlannerRules,
     cache_dtype: str,
     max_model_len: int,
 ) -> _StageConfig:
@@ -231,7 +211,7 @@ def _stage_config(
 
 
 def _layer_spec(
-    layer: CacheLayer, config: _StageConfig, settings: Settings, rules: VersionRules, cache_dtype: str
+    layer: CacheLayer, config: _StageConfig, settings: Settings, rules: PlannerRules, cache_dtype: str
 ) -> _Spec:
     """``Attention.get_kv_cache_spec`` / ``MambaBase.get_kv_cache_spec`` (+ subclass overrides)."""
     if layer.is_attention:
@@ -386,9 +366,9 @@ def _group_tensors(
 
 
 def _check_supported(layout: ModelLayout, settings: Settings) -> None:
-    if settings.vllm_version not in VERSIONS:
+    if settings.vllm_version not in SUPPORTED_VLLM_VERSIONS:
         raise UserError(
-            f"unsupported vLLM version {settings.vllm_version!r}; supported: {', '.join(VERSIONS)}"
+            f"unsupported vLLM version {settings.vllm_version!r}; supported: {', '.join(SUPPORTED_VLLM_VERSIONS)}"
         )
     if layout.tp != settings.tp or layout.num_speculative_tokens != settings.num_speculative_tokens:
         raise UserError(
@@ -407,7 +387,7 @@ def plan_stock(layout: ModelLayout, settings: Settings, stage_budgets: list[int]
     if len(stage_budgets) != settings.pp:
         raise ValueError(f"{len(stage_budgets)} stage budgets for pp={settings.pp}")
     hw = get_hardware(settings.hardware)
-    rules = VERSIONS[settings.vllm_version]
+    rules = RELEASES[settings.vllm_version].planner
     mode = settings.mamba_cache_mode
     cache_dtype = layout.resolve_kv_cache_dtype(settings.kv_cache_dtype)  # the checkpoint may pin fp8
     dtype_bytes(cache_dtype)  # validates the name

@@ -8,7 +8,7 @@ import os
 import sys
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
-VLLM_CLI_MODULE = "vllm.entrypoints.cli.main"  # what the `vllm` script runs (0.32)
+VLLM_CLI_MODULE = "vllm.entrypoints.cli.main"  # what the `vllm` script runs (vllm_versions.ENGINE_TESTED)
 
 
 def launches(args: argparse.Namespace) -> list[tuple[str, dict[str, str], list[str]]]:

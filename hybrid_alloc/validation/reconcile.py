@@ -130,4 +130,3 @@ def load_report(path: str) -> Report:
         raise UserError(f"{path}: malformed report: missing or bad field {error}") from None
 
 
-Budget = PlannedMemory  # the old name, for vllm_plugin/startup_report.py until it imports PlannedMemory

@@ -36,7 +36,7 @@ def compare(stock: list[list[int]], plugin: list[list[int]]) -> dict:
 
 def capacity(run: dict) -> dict:
     """What vLLM reported: block size and blocks (/metrics' vllm:cache_config_info), KV tokens and max
-    concurrency (its log lines; 0.32 also has them in cache_config_info, used where the log has none)."""
+    concurrency (its log lines; vllm_versions.ENGINE_TESTED also has them in cache_config_info, used where the log has none)."""
     info = run.get("cache_config_info") or {}
     out = {"block_size": _int(info.get("block_size")), "num_blocks": _int(info.get("num_gpu_blocks")),
            "kv_tokens": None, "max_concurrency": None, "at_tokens": None}

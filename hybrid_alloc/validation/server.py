@@ -18,7 +18,7 @@ import urllib.request
 
 from hybrid_alloc.errors import UserError
 
-# vLLM's own capacity lines (0.32: "GPU KV cache size: N tokens", "Maximum concurrency for L tokens per
+# vLLM's own capacity lines (vllm_versions.ENGINE_TESTED's: "GPU KV cache size: N tokens", "Maximum concurrency for L tokens per
 # request: C"; on CPU the first one says "CPU KV cache size").
 CAPACITY_PATTERNS = ("KV cache size:", "Maximum concurrency for")
 PLUGIN_MARKER = "hybrid-alloc:"

@@ -16,6 +16,7 @@ run-aware victim choice yet).
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 
 
 class FreeRuns:
@@ -162,8 +163,8 @@ class OrderedFreeBlockQueue:
 
 
 def take_slot(block_pool) -> tuple[int, list]:
-    """Take the highest free aligned run from ``block_pool`` as ``BlockPool.get_new_blocks`` takes blocks
-    (0.32: block_pool.py:666): reuse watchers notified, reference counts and metrics updated."""
+    """Take the highest free aligned run from ``block_pool`` as ``BlockPool.get_new_blocks`` takes blocks:
+    reuse watchers notified, reference counts and metrics updated."""
     s, blocks = block_pool.free_block_queue.pop_run()
     if block_pool._reuse_watchers:
         block_pool._notify_reuse(blocks)
@@ -189,8 +190,6 @@ class CachingFreeBlockQueue(OrderedFreeBlockQueue):
 
     def __init__(self, pool, k: int, free_blocks) -> None:
         super().__init__(pool.blocks, k, free_blocks)
-        from collections import OrderedDict
-
         self.pool = pool
         self.k = k
         self.lru: OrderedDict = OrderedDict()  # unit representative id -> unit size (1 or k); oldest first

@@ -1,6 +1,6 @@
 """The true capacity, logged once per engine, beside what stock vLLM would give on the same budget.
 
-``get_max_concurrency_for_kv_cache_config`` (``vllm/v1/core/kv_cache_utils.py``; 0.32: line 1195) counts
+``get_max_concurrency_for_kv_cache_config`` (``vllm.v1.core.kv_cache_utils``) counts
 one block per group per request; for the natural layout a state slot costs ``k`` blocks, so the reported
 capacity (``vllm:cache_config_info``, "Maximum concurrency") would be overstated without this patch.
 """
@@ -10,25 +10,35 @@ from __future__ import annotations
 from dataclasses import replace
 
 from vllm.utils.math_utils import cdiv
+from vllm.v1.core.kv_cache_utils import generate_scheduler_kv_cache_config
 from vllm.v1.kv_cache_interface import FullAttentionSpec, MambaSpec
 
-from . import log
-from .kv_groups import NaturalKVCacheConfig
+from . import log, patching
+from .natural_config import NaturalKVCacheConfig
+from .patching import Patch
 
-_original = None
+
+def max_concurrency(vllm_config, kv_cache_config: NaturalKVCacheConfig) -> float:
+    return kv_cache_config.num_blocks / kv_cache_config.blocks_per_request(vllm_config.model_config.max_model_len)
 
 
-def _max_concurrency(vllm_config, kv_cache_config) -> float:
-    if isinstance(kv_cache_config, NaturalKVCacheConfig):
-        return kv_cache_config.num_blocks / kv_cache_config.blocks_per_request(vllm_config.model_config.max_model_len)
-    return _original(vllm_config, kv_cache_config)
+def _get_max_concurrency(original):
+    def get_max_concurrency_for_kv_cache_config(vllm_config, kv_cache_config) -> float:
+        if isinstance(kv_cache_config, NaturalKVCacheConfig):
+            return max_concurrency(vllm_config, kv_cache_config)
+        return original(vllm_config, kv_cache_config)
+
+    return get_max_concurrency_for_kv_cache_config
+
+
+# its callers (get_kv_cache_capacity, the capacity report) look it up in its module
+MAX_CONCURRENCY = Patch("get_max_concurrency_for_kv_cache_config", _get_max_concurrency)
+PATCHES = (MAX_CONCURRENCY,)
 
 
 def stock_estimate(vllm_config, kv_cache_specs, available_memory, stock_kv_cache_configs) -> tuple[int, float]:
     """(block size, max concurrency) of stock vLLM on the same budget, from vLLM's own planning functions
     given the specs its ``_align_hybrid_block_size`` would have produced (inflated block, padded state)."""
-    from vllm.v1.core.kv_cache_utils import generate_scheduler_kv_cache_config
-
     specs = [s for w in kv_cache_specs for s in w.values()]
     attn = next(s for s in specs if isinstance(s, FullAttentionSpec))
     per_token = attn.page_size_bytes // attn.block_size
@@ -48,7 +58,7 @@ def stock_estimate(vllm_config, kv_cache_specs, available_memory, stock_kv_cache
         configs = stock_kv_cache_configs(vllm_config, stock_specs, list(available_memory))
     except ValueError:  # stock cannot fit one request of max_model_len
         return block, 0.0
-    return block, _original(vllm_config, generate_scheduler_kv_cache_config(configs))
+    return block, patching.original(MAX_CONCURRENCY)(vllm_config, generate_scheduler_kv_cache_config(configs))
 
 
 def log_capacity(vllm_config, configs: list[NaturalKVCacheConfig], stock: tuple[int, float]) -> None:
@@ -56,7 +66,7 @@ def log_capacity(vllm_config, configs: list[NaturalKVCacheConfig], stock: tuple[
     max_len = vllm_config.model_config.max_model_len
     log.once(
         f"hybrid-alloc: {c.num_blocks} blocks x {c.block_size} tokens; a state slot = {c.slot_blocks} blocks; "
-        f"max concurrency at {max_len} tokens: {_max_concurrency(vllm_config, c):.2f}; "
+        f"max concurrency at {max_len} tokens: {max_concurrency(vllm_config, c):.2f}; "
         f"stock vLLM: block size {stock[0]}, {stock[1]:.2f}"
     )
     for stage, config in enumerate(configs):
@@ -65,13 +75,3 @@ def log_capacity(vllm_config, configs: list[NaturalKVCacheConfig], stock: tuple[
             f"hybrid-alloc: stage {stage}: {config.kv_cache_tensors[0].size} bytes of KV cache "
             f"({layers[-1]} attention layers, {sum(layers[:-1])} state layers)"
         )
-
-
-def patch() -> None:
-    global _original
-    from vllm.v1.core import kv_cache_utils
-
-    from . import patching
-
-    # its callers (get_kv_cache_capacity, the capacity report) look it up in this module
-    _original = patching.replace([kv_cache_utils], "get_max_concurrency_for_kv_cache_config", _max_concurrency)

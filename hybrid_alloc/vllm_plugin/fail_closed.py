@@ -7,6 +7,8 @@ specs. Each returns None (natural layout applies) or a one-line reason.
 
 from __future__ import annotations
 
+from hybrid_alloc import vllm_versions
+
 from . import log
 
 
@@ -17,7 +19,6 @@ def config_reason(vllm_config) -> str | None:
     if model is None:
         return "no model config"
     mamba_cache_mode = getattr(cache, "mamba_cache_mode", "none")
-    from . import versions
 
     checks = (
         (not model.is_hybrid, "the model has no state layers alongside attention (nothing to do)"),
@@ -26,7 +27,7 @@ def config_reason(vllm_config) -> str | None:
             f"prefix caching in mamba cache mode {mamba_cache_mode!r}: only 'align' is implemented",
         ),
         (
-            cache.enable_prefix_caching and not versions.release().align_mode,
+            cache.enable_prefix_caching and not vllm_versions.running().align_mode,
             "prefix caching ('align' mode) on natural pages is not verified on this vLLM release "
             "(pass --no-enable-prefix-caching for natural pages)",
         ),
@@ -46,7 +47,7 @@ def config_reason(vllm_config) -> str | None:
 
 def spec_reason(kv_cache_specs: list[dict], layout) -> str | None:
     """``kv_cache_specs``: one {layer: KVCacheSpec} per worker, as the engine core collects them."""
-    from vllm.v1.kv_cache_interface import FullAttentionSpec, MambaSpec
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, MambaSpec  # lazy: vllm
 
     specs = [spec for worker in kv_cache_specs for spec in worker.values()]
     unknown = sorted({type(s).__name__ for s in specs if type(s) not in (FullAttentionSpec, MambaSpec)})

@@ -3,17 +3,16 @@
 ``HYBRID_ALLOC_MODE``: ``mempool`` (the default: only the KV cache goes through the allocator, via a
 ``MemPool``) or ``global``; any other value logs one line naming the valid values and keeps ``mempool``.
 
-Where: ``patch()`` (from ``register()``, in every vLLM process; it imports no CUDA) wraps
-``WorkerWrapperBase.init_device`` (``vllm/v1/worker/worker_base.py``: 0.32 line 346, 0.33 line 361). That
-method runs only in a worker process (the engine core's own process when it is also the worker: the
-uniprocess executor), for every worker class and platform, after ``init_worker`` and right before it calls
-the worker's ``init_device``, whose first CUDA calls are ``torch.accelerator.device_count`` /
-``set_device_index`` (``vllm/v1/worker/gpu_worker.py`` ``Worker.init_device``: 0.32 lines 436/492/501, 0.33
-lines 449/487/496). Called by ``uniproc_executor.py:69`` (both releases), ``multiproc_executor.py``
-``WorkerProc.__init__`` (0.32 line 679, 0.33 line 780) and 0.32's Ray executor (``collective_rpc("init_device")``,
-``ray_executor.py:374``; 0.33's Ray executor is not checked). Running
-inside the worker makes it independent of the start method: with fork the wrapped method is inherited,
-with spawn ``register()`` runs again in the worker (``init_worker`` loads the plugins) before it is called.
+Where: ``PATCHES`` (applied by ``register()`` in every vLLM process; it imports no CUDA) wraps
+``WorkerWrapperBase.init_device`` (``vllm.v1.worker.worker_base``). That method runs only in a worker
+process (the engine core's own process when it is also the worker: the uniprocess executor), for every
+worker class and platform, after ``init_worker`` and right before it calls the worker's ``init_device``,
+whose first CUDA calls are ``torch.accelerator.device_count`` / ``set_device_index``
+(``vllm.v1.worker.gpu_worker`` ``Worker.init_device``). Called by the uniprocess executor, the
+multiprocess executor's ``WorkerProc.__init__`` and the Ray executor's ``collective_rpc("init_device")``
+(the Ray executor checked on ``vllm_versions.ENGINE_TESTED`` only). Running inside the worker makes it
+independent of the start method: with fork the wrapped method is inherited, with spawn ``register()`` runs
+again in the worker (``init_worker`` loads the plugins) before it is called.
 
 There, before the worker's ``init_device``: ``allocator.install()`` (``change_current_allocator`` with every
 bridge hook live), then ``profiler_stats.patch()`` (vLLM's memory profiler reads the allocator's statistics)
@@ -35,7 +34,10 @@ from __future__ import annotations
 
 import os
 
-from . import log, patching
+from hybrid_alloc import allocator
+
+from . import log, patching, phase_tags, profiler_stats
+from .patching import Patch
 
 ENV = "HYBRID_ALLOC_MODE"
 MODES = ("mempool", "global")
@@ -46,9 +48,6 @@ GRAPHS_UNVERIFIED = (
     "hybrid-alloc: global mode: CUDA graph capture under the pluggable allocator is unverified with this vLLM "
     "(capture runs as vLLM does it; pass --enforce-eager to avoid it)"
 )
-
-_original = None
-
 
 def mode() -> str:
     """The mode ``$HYBRID_ALLOC_MODE`` asks for: 'mempool' (unset, empty or invalid) or 'global'."""
@@ -63,24 +62,22 @@ def mode() -> str:
     return DEFAULT
 
 
+def _init_device(original):
+    def init_device(self, *args, **kwargs):
+        enable(self.vllm_config)
+        return original(self, *args, **kwargs)
+
+    init_device.hybrid_alloc_global = True
+    return init_device
+
+
+PATCHES = (Patch("init_device", _init_device),)
+
+
 def patch() -> None:
     """Wrap the worker's device initialisation (global mode only; nothing else happens in this process)."""
-    global _original
-    if mode() != "global":
-        return
-    from vllm.v1.worker.worker_base import WorkerWrapperBase
-
-    if getattr(vars(WorkerWrapperBase)["init_device"], "hybrid_alloc_global", False):
-        return
-    _original = patching.replace([WorkerWrapperBase], "init_device", _init_device)
-
-
-def _init_device(self, *args, **kwargs):
-    enable(self.vllm_config)
-    return _original(self, *args, **kwargs)
-
-
-_init_device.hybrid_alloc_global = True
+    if mode() == "global":
+        patching.apply(PATCHES)
 
 
 def unavailable_reason(vllm_config) -> str | None:
@@ -90,7 +87,7 @@ def unavailable_reason(vllm_config) -> str | None:
         return f"the device is {device_type!r}, not CUDA"
     if getattr(vllm_config.model_config, "enable_sleep_mode", False):
         return "sleep mode (cumem allocator) is on"
-    import torch
+    import torch  # lazy: torch
 
     if torch.cuda.is_initialized():
         return "CUDA is already initialised in this worker process (e.g. forked after CUDA init)"
@@ -100,8 +97,6 @@ def unavailable_reason(vllm_config) -> str | None:
 def enable(vllm_config) -> bool:
     """In a worker, before its first CUDA call: install the allocator and the global-mode patches, or log
     the one fail-closed line. True if global mode is on in this process."""
-    from hybrid_alloc import allocator
-
     if allocator.installed():
         return True
     reason = unavailable_reason(vllm_config)
@@ -115,8 +110,6 @@ def enable(vllm_config) -> bool:
     if reason is not None:
         log.once(UNAVAILABLE.format((reason.strip().splitlines() or ["unknown"])[0]))
         return False
-    from . import phase_tags, profiler_stats
-
     profiler_stats.patch()
     phase_tags.patch()
     log.once(ENABLED.format(", ".join(allocator.live_hooks()) or "alloc/free only"))

@@ -2,13 +2,13 @@
 
 Each model-runner method below runs with its tag pushed (``allocator.push_tag`` / ``pop_tag``); an inner phase wins
 (``profile_cudagraph_memory`` runs inside ``determine_available_memory``, ``capture_model`` inside
-``compile_or_warm_up_model``). The names are the same in vLLM 0.32 and 0.33, on both model runners
-(``vllm.v1.worker.gpu_model_runner.GPUModelRunner``, ``vllm.v1.worker.gpu.model_runner.GPUModelRunner``):
+``compile_or_warm_up_model``). The names are the same in every supported release, on each model runner
+the release's row lists (``hybrid_alloc.vllm_versions``: ``model_runners``, and each name's ``sites``):
 
 ``load_model`` -> ``weights``, ``profile_run`` -> ``activations``, ``initialize_kv_cache`` -> ``kv_cache``,
 ``profile_cudagraph_memory`` and ``capture_model`` -> ``cudagraph`` (``RUNNER_PHASES``).
 
-When ``Worker.compile_or_warm_up_model`` (``vllm/v1/worker/gpu_worker.py``, the last start-up step) returns,
+When ``Worker.compile_or_warm_up_model`` (``vllm.v1.worker.gpu_worker``, the last start-up step) returns,
 the worker thread's base tag becomes ``runtime``.
 """
 
@@ -19,6 +19,7 @@ import functools
 from hybrid_alloc import allocator
 
 from . import patching
+from .patching import Patch
 
 RUNNER_PHASES = {
     "load_model": "weights",
@@ -28,20 +29,22 @@ RUNNER_PHASES = {
     "capture_model": "cudagraph",
 }
 RUNTIME_AFTER = "compile_or_warm_up_model"
-RUNNER_MODULES = ("vllm.v1.worker.gpu_model_runner", "vllm.v1.worker.gpu.model_runner")
 
 
-def _tagged(method, tag: str):
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        allocator.push_tag(tag)
-        try:
-            return method(*args, **kwargs)
-        finally:
-            allocator.pop_tag()
+def _tagged(tag: str):
+    def wrap(method):
+        @functools.wraps(method)
+        def wrapper(*args, **kwargs):
+            allocator.push_tag(tag)
+            try:
+                return method(*args, **kwargs)
+            finally:
+                allocator.pop_tag()
 
-    wrapper.hybrid_alloc_phase = tag
-    return wrapper
+        wrapper.hybrid_alloc_phase = tag
+        return wrapper
+
+    return wrap
 
 
 def _runtime_after(method):
@@ -55,26 +58,21 @@ def _runtime_after(method):
     return wrapper
 
 
+# owners: the running release's sites (the model runners, the worker)
+PATCHES = tuple(Patch(name, _tagged(tag)) for name, tag in RUNNER_PHASES.items()) + (
+    Patch(RUNTIME_AFTER, _runtime_after),
+)
+
+
 def wrap_runner(cls) -> None:
     """Tag the RUNNER_PHASES methods of a model-runner class (idempotent; recorded in ``patching``)."""
-    for name, tag in RUNNER_PHASES.items():
-        method = cls.__dict__[name]
-        if not hasattr(method, "hybrid_alloc_phase"):
-            patching.replace([cls], name, _tagged(method, tag))
+    patching.apply(Patch(name, _tagged(tag), (cls,)) for name, tag in RUNNER_PHASES.items())
 
 
 def wrap_worker(cls) -> None:
     """Make ``runtime`` the base tag once the worker's start-up is over (idempotent)."""
-    method = cls.__dict__[RUNTIME_AFTER]
-    if not hasattr(method, "hybrid_alloc_phase"):
-        patching.replace([cls], RUNTIME_AFTER, _runtime_after(method))
+    patching.apply([Patch(RUNTIME_AFTER, _runtime_after, (cls,))])
 
 
 def patch() -> None:
-    import importlib
-
-    from vllm.v1.worker.gpu_worker import Worker
-
-    for module in RUNNER_MODULES:
-        wrap_runner(importlib.import_module(module).GPUModelRunner)
-    wrap_worker(Worker)
+    patching.apply(PATCHES)

@@ -1,8 +1,8 @@
 """Global mode: torch's memory statistics read from the allocator, so vLLM's memory profiler stays right.
 
 With ``change_current_allocator`` (``allocator.install()``) PyTorch's ``CUDAPluggableAllocator`` has no
-device statistics: ``memory_stats`` and everything built on it raise. vLLM 0.32 and 0.33 call (same code in
-both releases):
+device statistics: ``memory_stats`` and everything built on it raise. vLLM calls (same code in every
+supported release):
 
 - ``torch.accelerator.memory_stats``: ``MemorySnapshot.measure`` (``vllm/utils/mem_utils.py``) reads
   "allocated_bytes.all.peak" and "allocated_bytes.all.current";
@@ -24,9 +24,12 @@ from __future__ import annotations
 
 from hybrid_alloc import allocator
 
+from . import patching
+from .patching import Patch
+
 
 def _index(device) -> int:
-    import torch
+    import torch  # lazy: torch
 
     return torch.cuda._utils._get_device_index(device, optional=True)
 
@@ -77,15 +80,14 @@ PATCHED = {
 }
 
 
+PATCHES = tuple(  # replacements, not wrappers: torch's own functions raise under the pluggable allocator
+    Patch(name, lambda original, fn=fn: fn, (f"torch.{namespace}",))
+    for namespace, functions in PATCHED.items()
+    for name, fn in functions.items()
+)
+
+
 def patch() -> None:
     """Point the functions of PATCHED at the allocator (global mode only; idempotent; recorded in
     ``patching``, so ``vllm_plugin.unregister()`` restores torch's own)."""
-    import torch
-
-    from . import patching
-
-    for namespace, functions in PATCHED.items():
-        module = getattr(torch, namespace)
-        for name, fn in functions.items():
-            if vars(module).get(name) is not fn:
-                patching.replace([module], name, fn)
+    patching.apply(PATCHES)

@@ -1,7 +1,7 @@
 """The startup report: per worker, after the KV cache is allocated, what was planned, tagged and measured.
 
 One log line per worker and, with ``HYBRID_ALLOC_REPORT_DIR`` set, one JSON file per worker in
-``hybrid_alloc.reconcile``'s schema (``hybrid-alloc verify --report`` reads it), plus these fields:
+``hybrid_alloc.validation.reconcile``'s schema (``hybrid-alloc verify --report`` reads it), plus these fields:
   "device": str, "unknown": {line: reason},  # budget lines vLLM did not give (0 in "budget")
   "profiler": {"weights" | "peak_activations" | "non_torch" | "cuda_graphs" | "cuda_context"
                | "available_kv_cache": n | null},
@@ -18,13 +18,15 @@ import os
 import sys
 from dataclasses import fields
 
-from hybrid_alloc import nvml
-from hybrid_alloc.reconcile import REPORT_SCHEMA, Budget, reconcile
+from hybrid_alloc import allocator, vllm_versions
+from hybrid_alloc.validation import nvml
+from hybrid_alloc.validation.reconcile import REPORT_SCHEMA, PlannedMemory, reconcile
 
 from . import log
 
-# vLLM 0.32's profiler numbers: report line -> (holder, attribute); the worker sets them in
-# determine_available_memory's profiling pass (GPU), the model runner in load_model.
+# The profiler numbers of the engine-tested release (``vllm_versions.ENGINE_TESTED``): report line ->
+# (holder, attribute); the worker sets them in determine_available_memory's profiling pass (GPU), the model
+# runner in load_model.
 _PROFILER = {
     "weights": ("runner", "model_memory_usage"),
     "peak_activations": ("worker", "peak_activation_memory"),
@@ -38,17 +40,17 @@ def build(pid: int, pp_rank: int, tp_rank: int, device: str, plan_kv: int, kv_ta
     """The report. kv_tag: the allocator's tag_stats()["kv_cache"] or why there is none; profiler: line ->
     bytes or why vLLM has no number; nvml_sample: a raw NVML sample (nvml.read_raw) or why NVML is
     unavailable; visible: CUDA_VISIBLE_DEVICES."""
-    lines = [f.name for f in fields(Budget)] + ["available_kv_cache"]
+    lines = [f.name for f in fields(PlannedMemory)] + ["available_kv_cache"]
     numbers = {line: profiler.get(line, "not read") for line in lines}
     numbers["kv_cache"] = plan_kv
     unknown = {line: v for line, v in numbers.items() if isinstance(v, str)}
-    budget = Budget(**{f.name: 0 if f.name in unknown else numbers[f.name] for f in fields(Budget)})
+    budget = PlannedMemory(**{f.name: 0 if f.name in unknown else numbers[f.name] for f in fields(PlannedMemory)})
     plan_tags = {"kv_cache": plan_kv}
     allocator_tags = {} if isinstance(kv_tag, str) else {"kv_cache": kv_tag["current"]}
     report = {
         "schema": REPORT_SCHEMA, "pid": pid, "gpu_uuid": "", "pp_rank": pp_rank, "tp_rank": tp_rank,
         "device": device,
-        "budget": {f.name: getattr(budget, f.name) for f in fields(Budget)},
+        "budget": {f.name: getattr(budget, f.name) for f in fields(PlannedMemory)},
         "unknown": unknown,
         "profiler": {line: None if line in unknown else numbers[line] for line in lines if line != "kv_cache"},
         "plan_tags": plan_tags,
@@ -132,15 +134,13 @@ def write(kv_cache_config, device) -> None:
 
 
 def _ranks() -> tuple[int, int]:
-    from vllm.distributed.parallel_state import get_pp_group, get_tp_group
+    from vllm.distributed.parallel_state import get_pp_group, get_tp_group  # lazy: vllm
 
     return get_pp_group().rank_in_group, get_tp_group().rank_in_group
 
 
 def _kv_tag() -> dict | str:
     try:
-        from hybrid_alloc import allocator
-
         return allocator.tag_stats().get("kv_cache") or "no kv_cache tag (the KV cache is not from the allocator)"
     except ImportError as error:
         return f"allocator unavailable ({error})"
@@ -164,7 +164,7 @@ def _callers() -> dict:
 
 def _profiler() -> dict[str, int | str]:
     holders = _callers()
-    numbers: dict[str, int | str] = {"non_torch": "vLLM 0.32 keeps it only inside its profiling pass"}
+    numbers: dict[str, int | str] = {"non_torch": f"vLLM {vllm_versions.ENGINE_TESTED} keeps it only inside its profiling pass"}
     for line, (holder, attr) in _PROFILER.items():
         obj = holders.get(holder)
         value = getattr(obj, attr, None)

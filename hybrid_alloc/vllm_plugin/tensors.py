@@ -1,7 +1,7 @@
 """The worker side: one KV cache buffer, from the allocator, viewed per layer by vLLM's own helper.
 
-Replaces ``allocate_kv_cache`` (``vllm/v1/worker/utils.py``; 0.32: line 564, imported by name in
-``vllm/v1/worker/gpu_model_runner.py``, which the CPU model runner inherits) for natural configs only:
+Replaces ``allocate_kv_cache`` (``vllm.v1.worker.utils``, imported by name in both model runners'
+modules; the CPU model runner inherits ``vllm.v1.worker.gpu_model_runner``'s) for natural configs only:
 the same loop over ``KVCacheTensor``s through ``create_kv_cache_views``, with the block count of each
 tensor from ``NaturalKVCacheConfig.num_blocks_of`` (slots for state layers). The buffer is zeroed, as
 stock's ``torch.zeros`` is; afterwards vLLM zeroes newly allocated attention blocks itself
@@ -10,33 +10,42 @@ stock's ``torch.zeros`` is; afterwards vLLM zeroes newly allocated attention blo
 
 from __future__ import annotations
 
-from . import log, startup_report
-from .kv_groups import NaturalKVCacheConfig, SlotTensor
+from hybrid_alloc import allocator
 
-_original = None
-_original_copy = None
+from . import log, startup_report
+from .natural_config import NaturalKVCacheConfig, SlotTensor
+from .patching import Patch
+
 _state_views: set = set()  # (data_ptr, entries) of "align"-mode state views (indexed by pool block id)
 
 
-def _copy_kv_cache_blocks_inplace(kv_caches, num_blocks, kv_cache_block_copies):
-    """vLLM's block copies (0.32: ``vllm/v1/worker/utils.py:909``; align mode's copy-on-write of a
-    partially hit state block) copy one page-sized block per id in every view, or the whole storage at the
-    block stride. On the natural layout a copied block is a state slot (the attention block is the hash
-    block, so attention never copies): copy each state layer's page through its own view, nothing else."""
-    caches = list(kv_caches)
-    mine = [c for c in caches if isinstance(c, torch_tensor()) and (c.data_ptr(), c.shape[0]) in _state_views]
-    if not mine or not kv_cache_block_copies:
-        return _original_copy(caches, num_blocks, kv_cache_block_copies)
-    import torch
+def _copy_kv_cache_blocks_inplace(original):
+    """vLLM's block copies (``copy_kv_cache_blocks_inplace``; align mode's copy-on-write of a partially hit
+    state block) copy one page-sized block per id in every view, or the whole storage at the block stride.
+    On the natural layout a copied block is a state slot (the attention block is the hash block, so
+    attention never copies): copy each state layer's page through its own view, nothing else."""
 
-    pairs = torch.tensor([tuple(c) for c in kv_cache_block_copies], dtype=torch.long, device=mine[0].device)
+    def copy_kv_cache_blocks_inplace(kv_caches, num_blocks, kv_cache_block_copies):
+        caches = list(kv_caches)
+        mine = [c for c in caches if isinstance(c, torch_tensor()) and (c.data_ptr(), c.shape[0]) in _state_views]
+        if not mine or not kv_cache_block_copies:
+            return original(caches, num_blocks, kv_cache_block_copies)
+        copy_state_pages(mine, kv_cache_block_copies)
+
+    return copy_kv_cache_blocks_inplace
+
+
+def copy_state_pages(views: list, kv_cache_block_copies) -> None:
+    import torch  # lazy: torch
+
+    pairs = torch.tensor([tuple(c) for c in kv_cache_block_copies], dtype=torch.long, device=views[0].device)
     src, dst = pairs.unbind(dim=1)
-    for cache in mine:
+    for cache in views:
         cache[dst] = cache[src]
 
 
 def torch_tensor():
-    import torch
+    import torch  # lazy: torch
 
     return torch.Tensor
 
@@ -45,7 +54,7 @@ def _buffer(size: int, device):
     """(int8 buffer of ``size`` zero bytes, where it came from). The allocator charges it to ``kv_cache``:
     on CPU a host-backend slab handed to torch without a copy; on CUDA a slab of the arena through the
     library's ``MemPool`` (or, in global mode, the process-wide allocator under the tag)."""
-    import torch
+    import torch  # lazy: torch
 
     try:
         return _allocator_buffer(size, device, torch)
@@ -58,8 +67,6 @@ def _buffer(size: int, device):
 
 
 def _allocator_buffer(size: int, device, torch):
-    from hybrid_alloc import allocator
-
     if device.type == "cpu" and allocator.backend_name() == "host":
         buf = allocator.host_tensor(size, name="kv_cache", tag="kv_cache", dtype=torch.int8)
         return buf.zero_(), "hybrid-alloc host slab"
@@ -73,10 +80,17 @@ def _allocator_buffer(size: int, device, torch):
     raise ImportError(f"no allocator backend for device {device} (library backend: {allocator.backend_name()})")
 
 
-def _allocate_kv_cache(kv_cache_config, device, layout, kernel_block_sizes=None):
-    if not isinstance(kv_cache_config, NaturalKVCacheConfig):
-        return _original(kv_cache_config, device, layout, kernel_block_sizes)
-    from vllm.v1.kv_cache_interface import create_kv_cache_views
+def _allocate_kv_cache(original):
+    def allocate_kv_cache(kv_cache_config, device, layout, kernel_block_sizes=None):
+        if not isinstance(kv_cache_config, NaturalKVCacheConfig):
+            return original(kv_cache_config, device, layout, kernel_block_sizes)
+        return allocate_natural(kv_cache_config, device, layout, kernel_block_sizes)
+
+    return allocate_kv_cache
+
+
+def allocate_natural(kv_cache_config: NaturalKVCacheConfig, device, layout, kernel_block_sizes=None) -> dict:
+    from vllm.v1.kv_cache_interface import create_kv_cache_views  # lazy: vllm
 
     sizes = {t.size for t in kv_cache_config.kv_cache_tensors}
     assert len(sizes) == 1, "KV cache tensors must share one backing allocation"
@@ -103,14 +117,7 @@ def _allocate_kv_cache(kv_cache_config, device, layout, kernel_block_sizes=None)
     return kv_caches
 
 
-def patch() -> None:
-    global _original
-    from vllm.v1.worker import gpu_model_runner, utils
-    from vllm.v1.worker.gpu import attn_utils  # model runner V2
-
-    from . import patching
-
-    # imported by name in both model runners
-    _original = patching.replace([utils, gpu_model_runner, attn_utils], "allocate_kv_cache", _allocate_kv_cache)
-    global _original_copy
-    _original_copy = patching.replace([utils, gpu_model_runner], "copy_kv_cache_blocks_inplace", _copy_kv_cache_blocks_inplace)
+PATCHES = (
+    Patch("allocate_kv_cache", _allocate_kv_cache),
+    Patch("copy_kv_cache_blocks_inplace", _copy_kv_cache_blocks_inplace),
+)

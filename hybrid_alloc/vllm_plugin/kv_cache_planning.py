@@ -1,8 +1,8 @@
-"""Groups, tensors and block count of the natural layout (the engine core's KV cache planning).
+"""The whole natural KV cache config: groups, tensors and block count (the engine core's KV cache planning).
 
-Replaces ``get_kv_cache_configs`` (0.32: ``vllm/v1/core/kv_cache_utils.py:2531``; 0.33:
-``vllm/v1/core/kv_cache_planning.py:1461``, where the engine core first calls ``get_global_kv_cache_groups``,
-also replaced; both imported by name in ``vllm/v1/engine/core.py``) when the natural layout applies.
+Replaces ``get_kv_cache_configs`` (defined in the release's ``planning_module``, ``hybrid_alloc.vllm_versions``)
+and, on releases where the engine core calls it first, ``get_global_kv_cache_groups`` (both imported by
+name in ``vllm.v1.engine.core``) when the natural layout applies.
 Layout, per pipeline stage, on the layer-outermost KV cache layouts (LBHNC: vLLM's CPU backend):
 - one region of ``num_blocks * P`` bytes per attention layer; ``P`` = the attention page ``A`` at the
   kernel block, or on a stage with more state per attention layer than the others, ``A`` padded so that
@@ -21,51 +21,23 @@ Bytes per stage = ``num_blocks * n_attn * P`` (the trace's natural plan); a requ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from functools import partial
 
-from vllm.utils.math_utils import cdiv
-
-from hybrid_alloc.planner.natural import StageShape, choose_slot_blocks, objective_lengths
 from vllm.v1.kv_cache_interface import (
     FullAttentionSpec,
-    KVCacheConfig,
     KVCacheGroupSpec,
     KVCacheTensor,
     MambaSpec,
     compute_layout_strides,
 )
 
+from hybrid_alloc import vllm_versions
+from hybrid_alloc.planner.natural import StageShape, choose_slot_blocks, objective_lengths
 
-@dataclass
-class SlotTensor(KVCacheTensor):
-    """One state layer's pages: slot ``s`` at ``offset + s * block_stride``, ``block_stride = k * A``."""
-
-
-@dataclass
-class NaturalKVCacheConfig(KVCacheConfig):
-    slot_blocks: int = 1  # k: block ids per state slot
-    num_state_groups: int = 1
-    # "align" mode (prefix caching on): state block tables hold each slot's representative pool id s*k,
-    # so state views are indexed by pool id at the attention page stride (index s*k = slot s)
-    state_ids_are_block_ids: bool = False
-    slots_per_group: int = 1  # slots one request may hold per state group (align: 2 + checkpoint blocks)
-
-    def num_blocks_of(self, tensor: KVCacheTensor) -> int:
-        # Replaces KVCacheConfig.num_blocks_of (0.32: kv_cache_interface.py:1556) for the views that
-        # allocate_kv_cache builds: state layers address slots, not blocks.
-        if isinstance(tensor, SlotTensor):
-            runs = self.num_blocks // self.slot_blocks
-            if self.state_ids_are_block_ids:
-                return (runs - 1) * self.slot_blocks + 1  # the last representative; its page ends in the run
-            return runs
-        return super().num_blocks_of(tensor)
-
-    @property
-    def block_size(self) -> int:
-        return self.kv_cache_groups[-1].kv_cache_spec.block_size
-
-    def blocks_per_request(self, num_tokens: int) -> int:
-        return cdiv(num_tokens, self.block_size) + self.num_state_groups * self.slots_per_group * self.slot_blocks
+from . import capacity_log, fail_closed, patching
+from .natural_config import NaturalKVCacheConfig, SlotTensor
+from .patching import Patch
 
 
 def _placement(worker_spec: dict) -> tuple[list[str], list[tuple[str, int, int]]]:
@@ -138,11 +110,8 @@ def plan(vllm_config, kv_cache_specs: list[dict], available_memory: list[int]) -
 
 
 def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num_blocks, k) -> NaturalKVCacheConfig:
-    import importlib
-
-    from .versions import release
-
-    kv_cache_groups_tp_replicas = importlib.import_module(release().planning_module).kv_cache_groups_tp_replicas
+    planning_module = vllm_versions.running().planning_module
+    kv_cache_groups_tp_replicas = importlib.import_module(planning_module).kv_cache_groups_tp_replicas
     layout = vllm_config.cache_config.get_resolved_kv_cache_layout()
     attention, states = _placement(worker_spec)
     attn_spec = worker_spec[attention[0]]
@@ -179,62 +148,48 @@ def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num
     return config
 
 
-_original = None  # vLLM's get_kv_cache_configs
-_original_groups = None  # vLLM's get_global_kv_cache_groups (0.33: the engine core calls it first)
-
-
 def _natural_reason(vllm_config, kv_cache_specs) -> str | None:
-    from . import fail_closed
-
     layout = vllm_config.cache_config.get_resolved_kv_cache_layout()
     return fail_closed.config_reason(vllm_config) or fail_closed.spec_reason(kv_cache_specs, layout)
 
 
-def _get_global_kv_cache_groups(vllm_config, kv_cache_specs):
-    from . import fail_closed
+def _get_global_kv_cache_groups(original):
+    def get_global_kv_cache_groups(vllm_config, kv_cache_specs):
+        reason = _natural_reason(vllm_config, kv_cache_specs)
+        if reason:
+            fail_closed.stock(reason)  # logged once: get_kv_cache_configs says the same
+            return original(vllm_config, kv_cache_specs)
+        merged: dict = {}
+        for worker in kv_cache_specs:
+            merged.update(worker)
+        return natural_groups(merged)
 
-    reason = _natural_reason(vllm_config, kv_cache_specs)
-    if reason:
-        fail_closed.stock(reason)  # logged once: _get_kv_cache_configs says the same
-        return _original_groups(vllm_config, kv_cache_specs)
-    merged: dict = {}
-    for worker in kv_cache_specs:
-        merged.update(worker)
-    return natural_groups(merged)
-
-
-def _get_kv_cache_configs(vllm_config, kv_cache_specs, available_memory, *global_groups):
-    from . import capacity_log, fail_closed
-
-    reason = _natural_reason(vllm_config, kv_cache_specs)
-    if reason:
-        fail_closed.stock(reason)
-        return _original(vllm_config, kv_cache_specs, available_memory, *global_groups)
-    configs = plan(vllm_config, kv_cache_specs, available_memory)
-    stock = capacity_log.stock_estimate(vllm_config, kv_cache_specs, available_memory, _stock_configs)
-    capacity_log.log_capacity(vllm_config, configs, stock)
-    return configs
+    return get_global_kv_cache_groups
 
 
-def _stock_configs(vllm_config, kv_cache_specs, available_memory):
-    """vLLM's own planning on stock specs, whatever the release's signature."""
-    if _original_groups is None:
-        return _original(vllm_config, kv_cache_specs, available_memory)
-    groups = _original_groups(vllm_config, kv_cache_specs)
-    return _original(vllm_config, kv_cache_specs, available_memory, groups)
+def _get_kv_cache_configs(original):
+    def get_kv_cache_configs(vllm_config, kv_cache_specs, available_memory, *global_groups):
+        reason = _natural_reason(vllm_config, kv_cache_specs)
+        if reason:
+            fail_closed.stock(reason)
+            return original(vllm_config, kv_cache_specs, available_memory, *global_groups)
+        configs = plan(vllm_config, kv_cache_specs, available_memory)
+        stock = capacity_log.stock_estimate(vllm_config, kv_cache_specs, available_memory, partial(_stock_configs, original))
+        capacity_log.log_capacity(vllm_config, configs, stock)
+        return configs
+
+    return get_kv_cache_configs
 
 
-def patch() -> None:
-    global _original, _original_groups
-    import importlib
+def _stock_configs(get_kv_cache_configs, vllm_config, kv_cache_specs, available_memory):
+    """vLLM's own planning (``get_kv_cache_configs``: the original) on stock specs, in the release's signature."""
+    release = vllm_versions.running()
+    if not release.global_groups:
+        return get_kv_cache_configs(vllm_config, kv_cache_specs, available_memory)
+    groups = patching.original(GLOBAL_GROUPS)(vllm_config, kv_cache_specs)
+    return get_kv_cache_configs(vllm_config, kv_cache_specs, available_memory, groups)
 
-    from vllm.v1.engine import core
 
-    from . import patching, versions
-
-    release = versions.release()
-    planning = importlib.import_module(release.planning_module)
-    # core imports these by name
-    _original = patching.replace([planning, core], "get_kv_cache_configs", _get_kv_cache_configs)
-    if release.global_groups:
-        _original_groups = patching.replace([planning, core], "get_global_kv_cache_groups", _get_global_kv_cache_groups)
+# get_global_kv_cache_groups: only where the running release has it (vllm_versions: its sites)
+GLOBAL_GROUPS = Patch("get_global_kv_cache_groups", _get_global_kv_cache_groups)
+PATCHES = (Patch("get_kv_cache_configs", _get_kv_cache_configs), GLOBAL_GROUPS)

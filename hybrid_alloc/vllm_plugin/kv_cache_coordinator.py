@@ -1,9 +1,10 @@
-"""The scheduler side: state managers hand out slots, the one shared pool keeps ids ordered.
+"""The scheduler side, in the KV cache coordinator: state managers hand out slots, the one shared pool keeps
+ids ordered.
 
-Patches ``get_kv_cache_coordinator`` (``vllm/v1/core/kv_cache_coordinator.py``; 0.32: line 980, imported
-by name in ``vllm/v1/core/kv_cache_manager.py``). For a natural config it keeps vLLM's coordinator and its
-one ``BlockPool``, swaps the pool's free queue for the ordered one (attention: lowest ids) and turns each
-``MambaManager`` into a slot manager (no speculative blocks):
+Patches ``get_kv_cache_coordinator`` (``vllm.v1.core.kv_cache_coordinator``, imported by name in
+``vllm.v1.core.kv_cache_manager``). For a natural config it keeps vLLM's coordinator and its one
+``BlockPool`` and swaps attributes of those live objects (``SWAPS``): the pool's free queue for the ordered
+one (attention: lowest ids) and each ``MambaManager``'s class for a slot manager (no speculative blocks):
 - "none" mode (prefix caching off): ``SlotMambaManager``, block table entries are slot ids ``s``, one slot
   per request for its lifetime;
 - "align" mode (prefix caching on): ``AlignSlotMambaManager``, vLLM's align logic unchanged (checkpoints
@@ -19,11 +20,14 @@ from __future__ import annotations
 from collections import defaultdict
 
 from vllm.utils.math_utils import cdiv
+from vllm.v1.core.block_pool import BlockPool
 from vllm.v1.core.kv_cache_utils import KVCacheBlock
 from vllm.v1.core.single_type_kv_cache_manager import MambaManager
 
+from . import patching
 from .block_pool import CachingFreeBlockQueue, OrderedFreeBlockQueue, SlotPool, take_slot
-from .kv_groups import NaturalKVCacheConfig
+from .natural_config import NaturalKVCacheConfig
+from .patching import Patch, Swap
 
 
 class SlotMambaManager(MambaManager):
@@ -43,8 +47,7 @@ class SlotMambaManager(MambaManager):
         return slots * self.slot_blocks
 
     def allocate_new_blocks(self, request_id: str, num_tokens: int, num_tokens_main_model: int) -> list:
-        # SingleTypeKVCacheManager.allocate_new_blocks (0.32: single_type_kv_cache_manager.py:369), with a
-        # slot per block: "none" mode holds one slot for the request's lifetime.
+        # SingleTypeKVCacheManager.allocate_new_blocks, with a slot per block: "none" mode holds one slot for the request's lifetime.
         req_blocks = self.req_to_blocks[request_id]
         new = []
         for _ in range(cdiv(num_tokens, self.block_size) - len(req_blocks)):
@@ -77,14 +80,9 @@ class AlignSlotMambaManager(MambaManager):
         return slots * self.slot_blocks
 
 
-def _reserve_slot_zero(pool, k: int) -> None:
-    """Block 0 is vLLM's null block, and null entries of a state block table address state index 0, whose
-    page spans ids ``[0, k)``: hold ids ``1..k-1`` for good so no attention block shares that memory."""
+def _reset_prefix_cache(reset, pool, k: int):
+    """The pool's ``reset_prefix_cache`` with ids ``1..k-1`` held for good (``_reserve_slot_zero``)."""
     queue = pool.free_block_queue
-    for i in range(1, k):
-        queue.remove(pool.blocks[i])
-        pool.blocks[i].ref_cnt = 1
-    reset = pool.reset_prefix_cache
 
     def reset_prefix_cache() -> bool:
         queue.num_cached_free += k - 1  # the reserved ids are not "used" in vLLM's all-free check
@@ -96,51 +94,66 @@ def _reserve_slot_zero(pool, k: int) -> None:
             queue.flush()
         return ok
 
-    pool.reset_prefix_cache = reset_prefix_cache
+    return reset_prefix_cache
+
+
+# The live objects of a natural coordinator, swapped by use_slots / use_align_slots (patching.swap)
+SWAPS = {
+    "ordered_queue": Swap(BlockPool, "free_block_queue",
+                          lambda queue, pool, k: OrderedFreeBlockQueue(pool.blocks, k, queue.get_all_free_blocks())),
+    "caching_queue": Swap(BlockPool, "free_block_queue",
+                          lambda queue, pool, k: CachingFreeBlockQueue(pool, k, queue.get_all_free_blocks())),
+    "reset_prefix_cache": Swap(BlockPool, "reset_prefix_cache", _reset_prefix_cache),
+    # same state, slot-aware allocation
+    "slot_manager": Swap(MambaManager, "__class__", lambda cls, manager, k: SlotMambaManager),
+    "align_slot_manager": Swap(MambaManager, "__class__", lambda cls, manager, k: AlignSlotMambaManager),
+    "slot_pool": Swap(MambaManager, "block_pool", lambda pool, manager: SlotPool(pool)),
+}
+
+
+def _reserve_slot_zero(pool, k: int) -> None:
+    """Block 0 is vLLM's null block, and null entries of a state block table address state index 0, whose
+    page spans ids ``[0, k)``: hold ids ``1..k-1`` for good so no attention block shares that memory."""
+    queue = pool.free_block_queue
+    for i in range(1, k):
+        queue.remove(pool.blocks[i])
+        pool.blocks[i].ref_cnt = 1
+    patching.swap(pool, SWAPS["reset_prefix_cache"], k)
 
 
 def use_slots(coordinator, k: int) -> None:
     pool = coordinator.block_pool
     if pool.enable_caching:
         return use_align_slots(coordinator, k)
-    pool.free_block_queue = OrderedFreeBlockQueue(pool.blocks, k, pool.free_block_queue.get_all_free_blocks())
+    patching.swap(pool, SWAPS["ordered_queue"], k)
     for manager in coordinator.single_type_managers:
         if isinstance(manager, MambaManager):
             assert manager.mamba_cache_mode == "none" and manager.num_speculative_blocks == 0
-            manager.__class__ = SlotMambaManager  # same state, slot-aware allocation
+            patching.swap(manager, SWAPS["slot_manager"], k)
             manager.slot_blocks = k
             manager.slot_pool_blocks = defaultdict(list)
 
 
 def use_align_slots(coordinator, k: int) -> None:
     pool = coordinator.block_pool
-    pool.free_block_queue = CachingFreeBlockQueue(pool, k, pool.free_block_queue.get_all_free_blocks())
+    patching.swap(pool, SWAPS["caching_queue"], k)
     _reserve_slot_zero(pool, k)
     for manager in coordinator.single_type_managers:
         if isinstance(manager, MambaManager):
             assert manager.mamba_cache_mode == "align" and manager.num_speculative_blocks == 0
-            manager.__class__ = AlignSlotMambaManager
+            patching.swap(manager, SWAPS["align_slot_manager"], k)
             manager.slot_blocks = k
-            manager.block_pool = SlotPool(pool)
+            patching.swap(manager, SWAPS["slot_pool"])
 
 
-_original = None
+def _get_kv_cache_coordinator(original):
+    def get_kv_cache_coordinator(kv_cache_config, *args, **kwargs):
+        coordinator = original(kv_cache_config, *args, **kwargs)
+        if isinstance(kv_cache_config, NaturalKVCacheConfig):
+            use_slots(coordinator, kv_cache_config.slot_blocks)
+        return coordinator
+
+    return get_kv_cache_coordinator
 
 
-def _get_kv_cache_coordinator(kv_cache_config, *args, **kwargs):
-    coordinator = _original(kv_cache_config, *args, **kwargs)
-    if isinstance(kv_cache_config, NaturalKVCacheConfig):
-        use_slots(coordinator, kv_cache_config.slot_blocks)
-    return coordinator
-
-
-def patch() -> None:
-    global _original
-    from vllm.v1.core import kv_cache_coordinator, kv_cache_manager
-
-    from . import patching
-
-    # imported by name in kv_cache_manager
-    _original = patching.replace(
-        [kv_cache_coordinator, kv_cache_manager], "get_kv_cache_coordinator", _get_kv_cache_coordinator
-    )
+PATCHES = (Patch("get_kv_cache_coordinator", _get_kv_cache_coordinator),)
