@@ -1,6 +1,6 @@
 """The one host-dependent layout rule of vLLM's CPU platform: the recurrent (SSM) state dtype.
 
-``CpuPlatform.check_and_update_config`` (vLLM 0.32 and 0.33, after the model's own config hook) runs, on a
+``CpuPlatform.check_and_update_config`` (every supported release, after the model's own config hook) runs, on a
 CPU where ``torch.cpu._is_avx512_bf16_supported()`` holds ("accelerated GDN uses AMX tiles or AVX-512BF16"):
 ``mamba_ssm_cache_dtype`` other than "float32" becomes "float32", except an explicit "float16"/"bfloat16"
 on what ``_cpu_mamba_backend`` calls the accelerated GDN backend: a model whose transformers config lists
