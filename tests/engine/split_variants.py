@@ -27,27 +27,53 @@ def _group_block(kv_cache_config, state: bool) -> int:
                 if isinstance(g.kv_cache_spec, MambaSpec) == state)
 
 
+class _CacheConfigView:
+    """``cache_config`` as the split reads it: ``block_size`` overridden, everything else the live config's."""
+
+    def __init__(self, cache_config, block_size: int) -> None:
+        self._cache_config, self.block_size = cache_config, block_size
+
+    def __getattr__(self, name):
+        return getattr(self._cache_config, name)
+
+
+def _vllm_split():
+    """vLLM's own split, also when the plugin has replaced it (``hybrid_alloc.vllm_plugin.patching``), so a
+    variant decides the floor whatever the plugin does."""
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    original = vars(Scheduler)["_mamba_block_aligned_split"]
+    try:
+        from hybrid_alloc.vllm_plugin import patching
+    except ImportError:
+        return original
+    for owner, name, value in patching._patched:
+        if owner is Scheduler and name == "_mamba_block_aligned_split":
+            return value
+    return original
+
+
 def apply(how: str):
-    """Replace the split; returns a function that restores vLLM's."""
+    """Replace the split; returns a function that restores the one in place before."""
     from vllm.v1.core.sched.scheduler import Scheduler
 
     if how not in ("attention_floor", "state_floor"):
         raise ValueError(f"{ENV}={how!r}")
-    original = Scheduler._mamba_block_aligned_split
+    before = vars(Scheduler)["_mamba_block_aligned_split"]
+    vllm_split = _vllm_split()
 
     def split(self, request, num_new_tokens, *args, **kwargs):
         cache_config = self.cache_config
-        saved = cache_config.block_size
-        cache_config.block_size = _group_block(self.kv_cache_config, state=how == "state_floor")
+        self.cache_config = _CacheConfigView(cache_config, _group_block(self.kv_cache_config, state=how == "state_floor"))
         try:
-            return original(self, request, num_new_tokens, *args, **kwargs)
+            return vllm_split(self, request, num_new_tokens, *args, **kwargs)
         finally:
-            cache_config.block_size = saved
+            self.cache_config = cache_config
 
     Scheduler._mamba_block_aligned_split = split
 
     def restore():
-        Scheduler._mamba_block_aligned_split = original
+        Scheduler._mamba_block_aligned_split = before
 
     return restore
 

@@ -26,7 +26,9 @@ prefix reaches that key resumes from the wrong state.
    as stock vLLM's own on-vs-off drift on the same prompts, measured in the same run. With
    ``HYBRID_ALLOC_TEST_SPLIT_RUNS=1`` also the two split variants in the engine.
 
-Fail on main: ``test_cached_state_is_the_state_its_key_names``, ``test_mamba2_cached_outputs_identical_to_uncached``.
+Fail on main: ``test_cached_state_is_the_state_its_key_names``, ``test_mamba2_cached_outputs_identical_to_uncached``,
+``test_gdn_cached_outputs_within_stock_drift``. The split variants bypass any plugin wrapper of the split
+(``split_variants._vllm_split``), so ``attention_floor`` still fails the check once a fix lands.
 """
 
 from __future__ import annotations
