@@ -41,6 +41,7 @@ _COMMON_SITES = {
     "_align_hybrid_block_size": ("vllm.platforms.interface:Platform",),
     "get_max_concurrency_for_kv_cache_config": ("vllm.v1.core.kv_cache_utils",),
     "get_kv_cache_coordinator": ("vllm.v1.core.kv_cache_coordinator", "vllm.v1.core.kv_cache_manager"),
+    "_mamba_block_aligned_split": ("vllm.v1.core.sched.scheduler:Scheduler",),
     "allocate_kv_cache": ("vllm.v1.worker.utils", "vllm.v1.worker.gpu_model_runner", "vllm.v1.worker.gpu.attn_utils"),
     "copy_kv_cache_blocks_inplace": ("vllm.v1.worker.utils", "vllm.v1.worker.gpu_model_runner"),
     "init_device": ("vllm.v1.worker.worker_base:WorkerWrapperBase",),  # global mode

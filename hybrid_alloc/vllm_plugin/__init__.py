@@ -12,6 +12,7 @@ them): ``fail_closed`` (when to stay stock), ``block_size`` (no inflation, no pa
 ``checkpoint_interval`` (align mode's state checkpoints), ``kv_cache_planning`` (groups, tensors, block
 count; engine core) on ``natural_config`` (the config types), ``capacity_log`` (true capacity),
 ``kv_cache_coordinator`` + ``block_pool`` (ordered free ids, state slots; its live-object ``SWAPS``),
+``chunk_split`` (align mode: prefill chunks end on state blocks, so a checkpoint holds what its key names),
 ``tensors`` (the buffer and views, slot copy-on-write; workers), ``global_mode`` (``HYBRID_ALLOC_MODE=global``:
 ``phase_tags``, ``profiler_stats``); prefix caching runs vLLM's "align" mode on natural pages
 (``kv_cache_coordinator.AlignSlotMambaManager``, ``block_pool.CachingFreeBlockQueue``).
@@ -40,9 +41,9 @@ def register() -> None:
         fail_closed.stock(reason)
         return
     # lazy: these import vllm's modules, whose layout only a supported release is known to have
-    from . import block_size, capacity_log, global_mode, kv_cache_coordinator, kv_cache_planning, tensors
+    from . import block_size, capacity_log, chunk_split, global_mode, kv_cache_coordinator, kv_cache_planning, tensors
 
-    for module in (block_size, kv_cache_planning, capacity_log, kv_cache_coordinator, tensors):
+    for module in (block_size, kv_cache_planning, capacity_log, kv_cache_coordinator, chunk_split, tensors):
         patching.apply(module.PATCHES)
     global_mode.patch()  # with HYBRID_ALLOC_MODE=global, the allocator is installed in each worker
 

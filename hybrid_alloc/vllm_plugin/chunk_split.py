@@ -1,0 +1,46 @@
+"""The scheduler's prefill chunk split in "align" mode (prefix caching on): chunk ends on state blocks.
+
+vLLM's ``Scheduler._mamba_block_aligned_split`` floors a mid-prefill chunk end to ``cache_config.block_size``
+on the invariant "state block p holds the state after exactly (p + 1) x block_size tokens". Under the plugin
+the state group's block is the checkpoint interval C (``checkpoint_interval``), larger than that value: the
+engine core sets ``cache_config.block_size`` to the attention block, and on the CPU platform a later
+``vllm_config.__post_init__()`` resets it to 128. Chunk ends then fall between state blocks, and a block
+keyed at (p + 1) x C holds the state of an earlier chunk end: a later request sharing that prefix resumes
+from the wrong state (tests/engine/test_engine_checkpoint_keys.py). Here the split reads the state group's
+block instead; the live ``cache_config``, shared with the workers, is never changed. Cost: a long prefill
+may leave up to C - 1 tokens of a step's budget unused (none when the budget is a multiple of C).
+"""
+
+from __future__ import annotations
+
+from .natural_config import NaturalKVCacheConfig
+from .patching import Patch
+
+
+class _StateBlockCacheConfig:
+    """``cache_config`` as the split reads it: ``block_size`` = the state group's block; all else the live one's."""
+
+    def __init__(self, cache_config, block_size: int) -> None:
+        self._cache_config, self.block_size = cache_config, block_size
+
+    def __getattr__(self, name):
+        return getattr(self._cache_config, name)
+
+
+def _aligned_split(original):
+    def _mamba_block_aligned_split(self, *args, **kwargs):
+        config = self.kv_cache_config
+        if not (isinstance(config, NaturalKVCacheConfig) and config.state_ids_are_block_ids):
+            return original(self, *args, **kwargs)  # stock, or natural "none" mode (no state blocks keyed)
+        cache_config = self.cache_config
+        # state groups come first and share the checkpoint interval (kv_cache_planning.natural_groups)
+        self.cache_config = _StateBlockCacheConfig(cache_config, config.kv_cache_groups[0].kv_cache_spec.block_size)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            self.cache_config = cache_config
+
+    return _mamba_block_aligned_split
+
+
+PATCHES = (Patch("_mamba_block_aligned_split", _aligned_split),)
