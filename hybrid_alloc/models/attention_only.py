@@ -9,9 +9,7 @@ from hybrid_alloc.models.family import Context, FamilyLayout, attention_layer, k
 from hybrid_alloc.models.weights import attention_params, gated_mlp_params
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-# transformers' config names the state layers "linear_attention" in layer_types (vLLM's CPU platform
-# then treats the model as its accelerated GDN backend: models/cpu_platform.py).
-LINEAR_ATTENTION_LAYER_TYPES = False
+LINEAR_ATTENTION_LAYER_TYPES = False  # "linear_attention" in transformers' layer_types (cpu_platform)
 
 # transformers defaults for the fields these configs may omit: (intermediate_size, max_position_embeddings).
 _DEFAULTS = {"llama": (11008, 2048), "mistral": (14336, 131072), "qwen2": (22016, 32768), "qwen3": (22016, 32768)}

@@ -12,9 +12,7 @@ from hybrid_alloc.models.layout import CacheLayer
 from hybrid_alloc.models.weights import attention_params, gated_mlp_params
 
 MODEL_TYPES = ("falcon_h1",)
-# transformers' config names the state layers "linear_attention" in layer_types (vLLM's CPU platform
-# then treats the model as its accelerated GDN backend: models/cpu_platform.py).
-LINEAR_ATTENTION_LAYER_TYPES = False
+LINEAR_ATTENTION_LAYER_TYPES = False  # "linear_attention" in transformers' layer_types (cpu_platform)
 
 
 def build(ctx: Context) -> FamilyLayout:

@@ -13,9 +13,7 @@ from hybrid_alloc.models.layout import CacheLayer
 from hybrid_alloc.models.weights import Params, attention_params, gated_mlp_params, moe_params
 
 MODEL_TYPES = ("granitemoehybrid",)
-# transformers' config names the state layers "linear_attention" in layer_types (vLLM's CPU platform
-# then treats the model as its accelerated GDN backend: models/cpu_platform.py).
-LINEAR_ATTENTION_LAYER_TYPES = True
+LINEAR_ATTENTION_LAYER_TYPES = True  # "linear_attention" in transformers' layer_types (cpu_platform)
 
 
 def build(ctx: Context) -> FamilyLayout:

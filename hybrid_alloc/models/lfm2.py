@@ -13,9 +13,7 @@ from hybrid_alloc.models.state_shapes import short_conv_state
 from hybrid_alloc.models.weights import Params, attention_params, gated_mlp_params
 
 MODEL_TYPES = ("lfm2",)
-# transformers' config names the state layers "linear_attention" in layer_types (vLLM's CPU platform
-# then treats the model as its accelerated GDN backend: models/cpu_platform.py).
-LINEAR_ATTENTION_LAYER_TYPES = False
+LINEAR_ATTENTION_LAYER_TYPES = False  # "linear_attention" in transformers' layer_types (cpu_platform)
 
 
 def _ff_dim(ctx: Context) -> int:

@@ -14,9 +14,7 @@ from hybrid_alloc.models.state_shapes import mamba2_state
 from hybrid_alloc.models.weights import Params, attention_params, mamba2_params
 
 MODEL_TYPES = ("nemotron_h",)
-# transformers' config names the state layers "linear_attention" in layer_types (vLLM's CPU platform
-# then treats the model as its accelerated GDN backend: models/cpu_platform.py).
-LINEAR_ATTENTION_LAYER_TYPES = True
+LINEAR_ATTENTION_LAYER_TYPES = True  # "linear_attention" in transformers' layer_types (cpu_platform)
 
 _PATTERN_CHARS = {"linear_attention": "M", "moe": "E", "full_attention": "*", "mlp": "-"}
 

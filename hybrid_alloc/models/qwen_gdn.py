@@ -12,9 +12,7 @@ from hybrid_alloc.models.state_shapes import gated_delta_net_state
 from hybrid_alloc.models.weights import Params, attention_params, gated_mlp_params, moe_params
 
 MODEL_TYPES = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_5", "qwen3_5_moe", "qwen3_next")
-# transformers' config names the state layers "linear_attention" in layer_types (vLLM's CPU platform
-# then treats the model as its accelerated GDN backend: models/cpu_platform.py).
-LINEAR_ATTENTION_LAYER_TYPES = True
+LINEAR_ATTENTION_LAYER_TYPES = True  # "linear_attention" in transformers' layer_types (cpu_platform)
 
 # MODELS_CONFIG_MAP entries whose verify_and_update_config reads ``mamba_ssm_dtype``
 # (Qwen3_5ForConditionalGenerationConfig / Qwen3_5ForCausalLMConfig). Qwen3-Next has none: "auto".

@@ -1,4 +1,8 @@
-"""Which family module reads which ``model_type`` (the language model's type)."""
+"""Which family module reads which ``model_type`` (the language model's type).
+
+A family module declares ``MODEL_TYPES``, ``LINEAR_ATTENTION_LAYER_TYPES`` (transformers' config lists its
+state layers as "linear_attention": vLLM's CPU platform then keeps an explicit bf16/fp16 state,
+``cpu_platform``) and ``build(ctx) -> FamilyLayout``."""
 
 from __future__ import annotations
 
