@@ -110,12 +110,15 @@ HARDWARE: dict[str, HardwareProfile] = {
         # H200 141 GB: 139.81 GiB (estimate; nvidia-smi shows 143771 MiB).
         HardwareProfile("h200", "NVIDIA H200 141 GB", _gib(139.81), (9, 0), "FLASH_ATTN", 16, 1024),
         # B200 180 GB (SM100): 178.35 GiB (CUDA device query "Total Global Memory: 178.35 GB",
-        # github.com/pytorch/ao/pull/4002; nvidia-smi shows 183359 MiB). FlashInfer comes first on
-        # SM100 (trtllm-gen); >= 160 GiB is the largest get_batch_defaults tier.
+        # github.com/pytorch/ao/pull/4002: GiB, as nvidia-smi's 183359 MiB = 179.06 GiB,
+        # github.com/NVIDIA/TensorRT-LLM/issues/10278, less the driver's share). FlashInfer comes
+        # first on SM100 (trtllm-gen); >= 160 GiB is the largest get_batch_defaults tier.
         HardwareProfile("b200", "NVIDIA B200 180 GB", _gib(178.35), (10, 0), "FLASHINFER", 16, 1024),
-        # GB10 / DGX Spark (SM121): 121.69 GiB of the 128 GB LPDDR5x that CPU and GPU share
-        # (github.com/llamastash/llamastash/issues/80, github.com/vllm-project/vllm/issues/48140;
-        # NVML has no memory total there, vLLM falls back to the CUDA device total). Unified
+        # GB10 / DGX Spark (SM121): 121.69 GiB of the 128 GB LPDDR5x that CPU and GPU share: vLLM's
+        # start-up check wants 105.87 GiB at 0.87 = 0.87 x 121.69
+        # (github.com/MiaAI-Lab/GLM-5.3-Flash-EXL3-2x-DGX-Sparks/issues/47; also
+        # github.com/llamastash/llamastash/issues/80, github.com/vllm-project/vllm/issues/48140).
+        # NVML has no memory total there; vLLM falls back to the CUDA device total. Unified
         # memory: the OS, page cache and CPU-side buffers come out of the same pool, and
         # torch.cuda.mem_get_info's free figure excludes reclaimable page cache, so vLLM's start-up
         # check ("Free memory on device ... is less than desired") refuses the default 0.92
