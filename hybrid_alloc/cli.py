@@ -11,7 +11,7 @@ from hybrid_alloc import alloc_trace
 from hybrid_alloc.errors import UserError
 from hybrid_alloc.models.loader import MAMBA_DTYPES
 from hybrid_alloc.planner.comparison import compare_model
-from hybrid_alloc.planner.hardware import HARDWARE, get_hardware
+from hybrid_alloc.planner.hardware import get_hardware
 from hybrid_alloc.planner.settings import KV_CACHE_DTYPES, SUPPORTED_VLLM_VERSIONS, Settings
 from hybrid_alloc.report import json_report, render
 from hybrid_alloc.report.plot import write_plot
@@ -22,7 +22,7 @@ from hybrid_alloc.validation import validate, verify
 DEFAULT_MODEL = "qwen3.5-9b"
 DEFAULT_PP = 3
 DEFAULT_MAX_MODEL_LEN = 32768
-HARDWARE_CHOICES = tuple(HARDWARE)
+HARDWARE_CHOICES = ("rtx3060", "rtx3080", "rtx4090", "a100", "h100", "h200", "cpu")
 
 _UNITS = {
     "": 1, "b": 1,

@@ -44,7 +44,7 @@ from math import log
 
 from hybrid_alloc import vllm_versions
 from hybrid_alloc.models.layout import ModelLayout
-from hybrid_alloc.planner.hardware import HardwareProfile, gdn_head_k_dim, kernel_block_size
+from hybrid_alloc.planner.hardware import KERNEL_BLOCK_SIZE, HardwareProfile, attention_backend
 from hybrid_alloc.planner.pipeline import stage_layers
 from hybrid_alloc.planner.settings import Settings
 
@@ -65,8 +65,8 @@ def natural_block_size(layout: ModelLayout, settings: Settings, hardware: Hardwa
     """The smallest block the attention kernel takes (16 on GPUs, 32 on vLLM's CPU backend)."""
     dtype = cache_dtype(layout, settings)
     return max(
-        (kernel_block_size(hardware, layer.head_size, dtype) for layer in layout.attention_layers),
-        default=kernel_block_size(hardware, 128, dtype),
+        (KERNEL_BLOCK_SIZE[attention_backend(hardware, layer.head_size, dtype)] for layer in layout.attention_layers),
+        default=KERNEL_BLOCK_SIZE[attention_backend(hardware, 128, dtype)],
     )
 
 
@@ -82,7 +82,7 @@ def state_blocks_per_request(layout: ModelLayout, settings: Settings, hardware: 
     kinds = {layer.kind for layer in layout.state_layers}
     gdn_checkpoints = (
         vllm_versions.RELEASES[settings.vllm_version].planner.gdn_prefill_checkpoint_block
-        and all(hardware.flashinfer_gdn_prefill(gdn_head_k_dim(layer)) for layer in layout.state_layers)
+        and hardware.gdn_prefill_flashinfer
         and kinds == {"gdn"}
     )
     return 2 + spec + int("mamba2" in kinds or gdn_checkpoints)

@@ -13,8 +13,7 @@ minimum over stages, the one-request check) and ``get_kv_cache_capacity`` (the l
 
 Out of scope (``plan_stock`` raises UserError): sliding-window attention, MLA.
 The KV cache layout is the default ``LBNHC`` (layer-outer; what FlashAttention, FlashInfer below
-SM100, Triton and CPU attention resolve to; FlashInfer on SM100 prefers ``LBHNC``, layer-outer too, with
-the same tensors and strides), so ``_get_packed_kv_cache_groups`` never applies.
+SM100, Triton and CPU attention resolve to), so ``_get_packed_kv_cache_groups`` never applies.
 What differs between releases is the row's ``PlannerRules`` (``hybrid_alloc.vllm_versions``).
 """
 
@@ -27,11 +26,10 @@ from math import lcm
 from hybrid_alloc.errors import UserError
 from hybrid_alloc.models.layout import CacheLayer, ModelLayout, dtype_bytes
 from hybrid_alloc.planner.hardware import (
+    KERNEL_BLOCK_SIZE,
     HardwareProfile,
     attention_backend,
-    gdn_head_k_dim,
     get_hardware,
-    kernel_block_size,
 )
 from hybrid_alloc.planner.pipeline import stage_layers
 from hybrid_alloc.planner.settings import SUPPORTED_VLLM_VERSIONS, Settings
@@ -162,7 +160,7 @@ def _checkpoint_alignment(layers: tuple[CacheLayer, ...], hw: HardwareProfile) -
     for layer in layers:
         if not layer.is_state:
             continue
-        if layer.kind != "gdn" or not hw.flashinfer_gdn_prefill(gdn_head_k_dim(layer)):
+        if layer.kind != "gdn" or not hw.gdn_prefill_flashinfer:
             return None
         alignment = lcm(alignment, FLASHINFER_GDN_CHECKPOINT_ALIGNMENT)
     return alignment
@@ -190,14 +188,14 @@ def _stage_config(
         return _StageConfig(config_block, mamba_block_size, None, checkpoint_alignment, "")
     model_attention = layout.attention_layers[0]  # ModelConfig.get_head_size / get_num_kv_heads
     backend = attention_backend(hw, model_attention.head_size, cache_dtype)
-    kernel_block = kernel_block_size(hw, model_attention.head_size, cache_dtype)
-    # _preferred_block_size_for_backends: the default (16; 128 on CPU) where the backend takes it,
-    # else its kernel block (FA4's 64 for an fp8 KV cache at head size 512 on SM90)
-    block_size = max(hw.default_block_size, kernel_block)
+    # _preferred_block_size_for_backends: the default (16; 128 on CPU) is a multiple of every
+    # backend's kernel block here
+    block_size = hw.default_block_size
     padded = None
     mamba_page = max((layer.state_page_bytes for layer in layout.state_layers), default=0)
     if layout.is_hybrid and mamba_page:
         token_bytes = model_attention.kv_bytes_per_token(cache_dtype)
+        kernel_block = KERNEL_BLOCK_SIZE[backend]
         alignment = max(kernel_block, block_size)
         if align and rules.align_to_prefill_checkpoints:
             alignment = lcm(alignment, checkpoint_alignment or 1)
