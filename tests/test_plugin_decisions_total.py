@@ -95,3 +95,14 @@ def test_global_mode_on_a_partial_worker_config_stays_in_mempool_mode(caplog):
     with caplog.at_level("INFO", logger="vllm.hybrid_alloc"):
         assert global_mode.enable(NS()) is False
     assert any("global mode unavailable" in r.message for r in caplog.records)
+
+
+def test_chunk_split_on_a_partial_scheduler_is_stock():
+    # vLLM's test_mamba_align_chunk_split calls the split on a stub scheduler without a kv_cache_config
+    pytest.importorskip("vllm")
+    from hybrid_alloc.vllm_plugin import chunk_split
+
+    calls = []
+    split = chunk_split._aligned_split(lambda self, *args: calls.append(args) or 7)
+    assert split(NS(cache_config=NS(block_size=16)), 1, 2) == 7
+    assert calls == [(1, 2)]
