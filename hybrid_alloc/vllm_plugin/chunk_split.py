@@ -29,7 +29,7 @@ class _StateBlockCacheConfig:
 
 def _aligned_split(original):
     def _mamba_block_aligned_split(self, *args, **kwargs):
-        config = self.kv_cache_config
+        config = getattr(self, "kv_cache_config", None)  # a partial scheduler (vLLM's tests): stock
         if not (isinstance(config, NaturalKVCacheConfig) and config.state_ids_are_block_ids):
             return original(self, *args, **kwargs)  # stock, or natural "none" mode (no state blocks keyed)
         cache_config = self.cache_config

@@ -82,10 +82,10 @@ def patch() -> None:
 
 def unavailable_reason(vllm_config) -> str | None:
     """Why global mode cannot be installed in this worker before the allocator is tried (None: try it)."""
-    device_type = getattr(vllm_config.device_config, "device_type", None)
+    device_type = getattr(getattr(vllm_config, "device_config", None), "device_type", None)
     if device_type != "cuda":
         return f"the device is {device_type!r}, not CUDA"
-    if getattr(vllm_config.model_config, "enable_sleep_mode", False):
+    if getattr(getattr(vllm_config, "model_config", None), "enable_sleep_mode", False):
         return "sleep mode (cumem allocator) is on"
     import torch  # lazy: torch
 
@@ -99,7 +99,10 @@ def enable(vllm_config) -> bool:
     the one fail-closed line. True if global mode is on in this process."""
     if allocator.installed():
         return True
-    reason = unavailable_reason(vllm_config)
+    try:
+        reason = unavailable_reason(vllm_config)
+    except Exception as e:  # noqa: BLE001 (a partial config: deciding must not break the worker)
+        reason = f"deciding raised {type(e).__name__}: {e}"
     if reason is None:
         try:
             allocator.install()
@@ -119,7 +122,7 @@ def enable(vllm_config) -> bool:
 
 
 def _captures_graphs(vllm_config) -> bool:
-    graph_mode = getattr(vllm_config.compilation_config, "cudagraph_mode", None)
+    graph_mode = getattr(getattr(vllm_config, "compilation_config", None), "cudagraph_mode", None)
     if graph_mode is None:
-        return not getattr(vllm_config.model_config, "enforce_eager", False)
+        return not getattr(getattr(vllm_config, "model_config", None), "enforce_eager", False)
     return getattr(graph_mode, "name", str(graph_mode)) != "NONE"

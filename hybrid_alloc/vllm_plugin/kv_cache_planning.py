@@ -149,7 +149,9 @@ def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num
 
 
 def _natural_reason(vllm_config, kv_cache_specs) -> str | None:
-    layout = vllm_config.cache_config.get_resolved_kv_cache_layout()
+    """Why this engine stays stock (None: natural). The KV cache layout is resolved only when every other
+    condition holds: stock resolves it only where it needs it (an attention-free model never does)."""
+    layout = lambda: vllm_config.cache_config.get_resolved_kv_cache_layout()  # noqa: E731
     return fail_closed.config_reason(vllm_config) or fail_closed.spec_reason(kv_cache_specs, layout)
 
 
