@@ -33,8 +33,6 @@ def cpu_ssm_cache_dtype(mamba_ssm_cache_dtype: str, linear_attention_layer_types
 
     ``mamba_ssm_cache_dtype``: the value after the model's hook ("auto" unless the user or the model set one);
     ``linear_attention_layer_types``: the config's ``layer_types`` include "linear_attention"."""
-    if mamba_ssm_cache_dtype == "float32":
-        return "float32"
     if mamba_ssm_cache_dtype in ("float16", "bfloat16") and linear_attention_layer_types:
         return mamba_ssm_cache_dtype
     return "float32"

@@ -115,6 +115,11 @@ class ModelLayout:
     def is_hybrid(self) -> bool:
         return bool(self.attention_layers) and bool(self.state_layers)
 
+    @property
+    def state_dtypes(self) -> list[str]:
+        """Every dtype the state layers store, sorted."""
+        return sorted({t.dtype for layer in self.state_layers for t in layer.state})
+
     def resolve_kv_cache_dtype(self, kv_cache_dtype: str = "auto") -> str:
         """The attention cache dtype vLLM uses for ``--kv-cache-dtype`` (``resolve_kv_cache_dtype_string``)."""
         if kv_cache_dtype != "auto":

@@ -54,11 +54,12 @@ def compare_model(model: str, settings: Settings) -> LayoutComparison:
     layout = load_layout(model, tp=settings.tp, num_speculative_tokens=settings.num_speculative_tokens,
                          mamba_ssm_cache_dtype=settings.mamba_ssm_cache_dtype,
                          cpu_avx512_bf16=bool(rule and rule.avx512_bf16))
-    return compare_layout(layout, settings)
+    return compare_layout(layout, settings, rule)
 
 
-def compare_layout(layout: ModelLayout, settings: Settings) -> LayoutComparison:
-    """``layout`` must have been loaded for ``settings`` (tp, speculative tokens, state dtypes: compare_model)."""
+def compare_layout(layout: ModelLayout, settings: Settings, rule: CpuRule | None = None) -> LayoutComparison:
+    """``layout`` must have been loaded for ``settings`` (tp, speculative tokens, state dtypes: compare_model),
+    under ``rule``, the CPU backend's state-dtype rule (None: not applied)."""
     hardware = get_hardware(settings.hardware)
     budgets = kv_cache_budgets(layout, settings, hardware)
     budget_bytes = [budget.bytes for budget in budgets]
@@ -88,7 +89,7 @@ def compare_layout(layout: ModelLayout, settings: Settings) -> LayoutComparison:
         physical=tuple(physical),
         capacities=capacities,
         partitions=suggest_partitions(layout, settings, hardware),
-        cpu_rule=cpu_rule(hardware, settings.cpu_avx512_bf16),
+        cpu_rule=rule,
     )
 
 

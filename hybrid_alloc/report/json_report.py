@@ -40,7 +40,7 @@ def to_dict(trace: LayoutComparison) -> dict:
         "cpu_platform_rule": None if trace.cpu_rule is None else {
             "avx512_bf16": trace.cpu_rule.avx512_bf16,
             "source": trace.cpu_rule.source,
-            "state_dtypes": sorted({t.dtype for layer in trace.layout.state_layers for t in layer.state}),
+            "state_dtypes": trace.layout.state_dtypes,
         },
         "stages": [_stage(trace, index) for index in range(settings.pp)],
         "stock": {"error": stock.error} if stock.error else {

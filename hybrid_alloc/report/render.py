@@ -44,7 +44,7 @@ def _cpu_rule_line(trace: LayoutComparison) -> str:
     rule = trace.cpu_rule
     if rule is None:
         return ""
-    dtypes = sorted({t.dtype for layer in trace.layout.state_layers for t in layer.state})
+    dtypes = trace.layout.state_dtypes
     cpu = "an AVX512-BF16 CPU" if rule.avx512_bf16 else "a CPU without AVX512-BF16"
     source = "this machine's" if rule.source == "host" else "as stated"
     return f"\nCPU backend rules for {cpu} ({source}): state dtypes {', '.join(dtypes) or '-'}"
