@@ -63,21 +63,78 @@ class SlotMambaManager(MambaManager):
 
 
 class AlignSlotMambaManager(MambaManager):
-    """"align" mode (prefix caching on): vLLM's own align logic, unchanged, on slots. The block table holds
-    each slot's representative pool block ``s*k`` (the worker's state views are indexed by pool id at the
-    attention page stride, so index ``s*k`` is slot ``s``); hashes and reference counts live on the
-    representative, the ``k - 1`` ids under it are held by the free structure while the slot is held or
-    cached (``CachingFreeBlockQueue``). Admission counts a slot as ``k`` blocks and needs an aligned run."""
+    """"align" mode (prefix caching on): vLLM's align logic on slots, with one running slot per request.
+
+    The block table holds each slot's representative pool block ``s*k`` (the worker's state views are
+    indexed by pool id at the attention page stride, so index ``s*k`` is slot ``s``); hashes and reference
+    counts live on the representative, the ``k - 1`` ids under it are held by the free structure while the
+    slot is held or cached (``CachingFreeBlockQueue``).
+
+    Checkpoints are never charged. vLLM's align logic takes a fresh slot whenever a request's state moves
+    on past a checkpoint position (the old slot stays behind as the checkpoint, cached and evictable), one
+    for the copy that preserves a prompt's partial-tail checkpoint, and one for an in-prefill checkpoint;
+    a running request that cannot get them is preempted. Here those slots are optional: admission counts
+    only the running slot (and what a prefix hit touches), and a step takes them only where the pool can
+    spare them (``_can_spare``); otherwise the checkpoint is skipped: the running slot moves on in place
+    (``_continue_in_place``; its stale key is dropped first), so no request is ever preempted or refused
+    for a checkpoint and a later hit on that prefix recomputes from an earlier checkpoint."""
 
     slot_blocks: int  # k
+    step_blocks: int  # attention blocks one scheduler step may still add (its token budget / block)
 
-    def get_num_blocks_to_allocate(self, *args, **kwargs) -> int:
-        slots = super().get_num_blocks_to_allocate(*args, **kwargs)
+    def get_num_blocks_to_allocate(self, request_id, num_tokens, new_computed_blocks, *args, **kwargs) -> int:
+        slots = super().get_num_blocks_to_allocate(request_id, num_tokens, new_computed_blocks, *args, **kwargs)
         if slots > self.block_pool.num_gpu_blocks:
             return slots  # MambaManager's own refusal
-        if slots > self.block_pool.free_block_queue.num_free_runs:
+        if kwargs.get("apply_admission_cap"):
+            required = slots  # the full-sequence gate: vLLM's count, no checkpoint decided yet
+        elif request_id in self._allocated_block_reqs:
+            required = 0  # a running request keeps its slot; whatever else it would take is a checkpoint
+        else:
+            required = slots - int(request_id in self._checkpoints)  # new: running slot and prefix hit
+        if required > self.block_pool.free_block_queue.num_free_runs:
             return self.block_pool.num_gpu_blocks + 1  # no aligned run: refuse now
-        return slots * self.slot_blocks
+        return required * self.slot_blocks
+
+    def _can_spare(self, slots: int) -> bool:
+        """``slots`` checkpoint slots fit beside what the rest of this step may still need: a run each, and
+        the step's attention blocks plus one block per running request left free."""
+        pool = self.block_pool
+        spare = pool.get_num_free_blocks() - slots * self.slot_blocks
+        return pool.free_block_queue.num_free_runs >= slots and spare >= self.step_blocks + len(self._allocated_block_reqs)
+
+    def allocate_new_blocks(self, request_id: str, num_tokens: int, num_tokens_main_model: int) -> list:
+        blocks = self.req_to_blocks[request_id]
+        running = request_id in self._allocated_block_reqs
+        moves_on = running and cdiv(num_tokens_main_model, self.block_size) > len(blocks)
+        tail_copy = running and request_id in self._partial_hit_reqs
+        checkpoint = request_id in self._checkpoints
+        wanted = int(moves_on) + int(tail_copy) + int(checkpoint)
+        if not wanted or self._can_spare(wanted):
+            return super().allocate_new_blocks(request_id, num_tokens, num_tokens_main_model)
+        self._checkpoints.pop(request_id, None)  # the worker's export then lands in the null slot
+        if tail_copy:  # the prompt's partial-tail checkpoint: its state is about to be overwritten
+            _, source = self._partial_hit_reqs.pop(request_id)
+            self._producer_partial_tail_reqs.pop(request_id, None)
+            self.block_pool._maybe_evict_cached_block(source)
+        if moves_on:
+            return self._continue_in_place(request_id, num_tokens_main_model)
+        return super().allocate_new_blocks(request_id, num_tokens, num_tokens_main_model)
+
+    def _continue_in_place(self, request_id: str, num_tokens_main_model: int) -> list:
+        """The running slot moves to the column of this step's state (``cdiv(end, B) - 1``) instead of a
+        fresh slot: its old column becomes null (no checkpoint left there) and its key, naming the state
+        it is about to overwrite, is dropped. The worker's table is append-only: it sees the nulls and the
+        same block again, and its pre-forward copy (old column -> new) copies the slot onto itself."""
+        blocks = self.req_to_blocks[request_id]
+        prev = len(blocks) - 1
+        slot = blocks[prev]
+        self.block_pool._maybe_evict_cached_block(slot)
+        self.last_state_block_idx[request_id] = prev
+        blocks[prev] = self._null_block
+        blocks.extend([self._null_block] * (cdiv(num_tokens_main_model, self.block_size) - 1 - len(blocks)))
+        blocks.append(slot)
+        return blocks[prev + 1:]
 
 
 def _reset_prefix_cache(reset, pool, k: int):
@@ -121,10 +178,10 @@ def _reserve_slot_zero(pool, k: int) -> None:
     patching.swap(pool, SWAPS["reset_prefix_cache"], k)
 
 
-def use_slots(coordinator, k: int) -> None:
+def use_slots(coordinator, k: int, step_blocks: int) -> None:
     pool = coordinator.block_pool
     if pool.enable_caching:
-        return use_align_slots(coordinator, k)
+        return use_align_slots(coordinator, k, step_blocks)
     patching.swap(pool, SWAPS["ordered_queue"], k)
     for manager in coordinator.single_type_managers:
         if isinstance(manager, MambaManager):
@@ -134,7 +191,7 @@ def use_slots(coordinator, k: int) -> None:
             manager.slot_pool_blocks = defaultdict(list)
 
 
-def use_align_slots(coordinator, k: int) -> None:
+def use_align_slots(coordinator, k: int, step_blocks: int) -> None:
     pool = coordinator.block_pool
     patching.swap(pool, SWAPS["caching_queue"], k)
     _reserve_slot_zero(pool, k)
@@ -143,6 +200,7 @@ def use_align_slots(coordinator, k: int) -> None:
             assert manager.mamba_cache_mode == "align" and manager.num_speculative_blocks == 0
             patching.swap(manager, SWAPS["align_slot_manager"], k)
             manager.slot_blocks = k
+            manager.step_blocks = step_blocks
             patching.swap(manager, SWAPS["slot_pool"])
 
 
@@ -150,7 +208,7 @@ def _get_kv_cache_coordinator(original):
     def get_kv_cache_coordinator(kv_cache_config, *args, **kwargs):
         coordinator = original(kv_cache_config, *args, **kwargs)
         if isinstance(kv_cache_config, NaturalKVCacheConfig):
-            use_slots(coordinator, kv_cache_config.slot_blocks)
+            use_slots(coordinator, kv_cache_config.slot_blocks, kv_cache_config.step_blocks)
         return coordinator
 
     return get_kv_cache_coordinator

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 from functools import partial
 
+from vllm.utils.math_utils import cdiv
 from vllm.v1.kv_cache_interface import (
     FullAttentionSpec,
     KVCacheGroupSpec,
@@ -74,12 +75,6 @@ def natural_groups(specs: dict, state_specs: list | None = None) -> list[KVCache
     return groups
 
 
-def slots_per_group(vllm_config, state_specs) -> int:
-    if vllm_config.cache_config.mamba_cache_mode != "align":
-        return 1
-    return 2 + max(getattr(s, "num_prefill_checkpoint_blocks", 0) for s in state_specs)
-
-
 def plan(vllm_config, kv_cache_specs: list[dict], available_memory: list[int]) -> list[NaturalKVCacheConfig]:
     """The natural KVCacheConfig of every worker: k, num_blocks and each stage's attention page stride are
     the trace's (``hybrid_alloc.planner.natural``: k chosen over the stages, padded strides where a stage
@@ -90,11 +85,9 @@ def plan(vllm_config, kv_cache_specs: list[dict], available_memory: list[int]) -
     state_specs = list(dict.fromkeys(s for s in merged.values() if isinstance(s, MambaSpec)))
     shapes = [stage_shape(w) for w in kv_cache_specs]
     max_len = vllm_config.model_config.max_model_len
-    # slots a request holds per state group (MambaSpec.max_memory_usage_bytes / page): one in "none" mode;
-    # in "align" mode the running and previous state plus any prefill checkpoint block (the trace's
-    # hybrid_alloc.planner.natural.state_blocks_per_request)
-    per_group = slots_per_group(vllm_config, state_specs)
-    k = choose_slot_blocks(shapes, list(available_memory), len(state_specs) * per_group, objective_lengths(max_len))
+    # one running slot per request and state group in both modes: in "align" mode checkpoints are cached,
+    # evictable slots taken only where the pool can spare them (kv_cache_coordinator.AlignSlotMambaManager)
+    k = choose_slot_blocks(shapes, list(available_memory), len(state_specs), objective_lengths(max_len))
     num_blocks = min(shape.max_blocks(avail, k, True) for shape, avail in zip(shapes, available_memory))
     if vllm_config.cache_config.num_gpu_blocks_override is not None:
         num_blocks = vllm_config.cache_config.num_gpu_blocks_override
@@ -140,7 +133,7 @@ def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num
         slot_blocks=k,
         num_state_groups=len(state_specs),
         state_ids_are_block_ids=align,
-        slots_per_group=slots_per_group(vllm_config, state_specs),
+        step_blocks=cdiv(vllm_config.scheduler_config.max_num_batched_tokens, shape.block),
     )
     config.kv_tp_replicas = kv_cache_groups_tp_replicas(
         groups, vllm_config.parallel_config.tensor_parallel_size, vllm_config.parallel_config.decode_context_parallel_size

@@ -22,7 +22,7 @@ class NaturalKVCacheConfig(KVCacheConfig):
     # "align" mode (prefix caching on): state block tables hold each slot's representative pool id s*k,
     # so state views are indexed by pool id at the attention page stride (index s*k = slot s)
     state_ids_are_block_ids: bool = False
-    slots_per_group: int = 1  # slots one request may hold per state group (align: 2 + checkpoint blocks)
+    step_blocks: int = 0  # attention blocks one scheduler step may add (its token budget / block)
 
     def num_blocks_of(self, tensor: KVCacheTensor) -> int:
         # Overrides KVCacheConfig.num_blocks_of for the views that allocate_kv_cache builds: state layers
@@ -39,4 +39,4 @@ class NaturalKVCacheConfig(KVCacheConfig):
         return self.kv_cache_groups[-1].kv_cache_spec.block_size
 
     def blocks_per_request(self, num_tokens: int) -> int:
-        return cdiv(num_tokens, self.block_size) + self.num_state_groups * self.slots_per_group * self.slot_blocks
+        return cdiv(num_tokens, self.block_size) + self.num_state_groups * self.slot_blocks

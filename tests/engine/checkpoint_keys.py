@@ -21,9 +21,10 @@ block-table column ``cdiv(seq_len, B) - 1``, ``mamba_get_block_table_tensor``). 
 recorded as the token sequence whose state it holds. After every step, every state block in the prefix
 cache must hold the state of exactly the tokens its key names (length and tokens).
 
-Usage: python checkpoint_keys.py MODEL_DIR SEED VARIANT:CASES ...
+Usage: python checkpoint_keys.py MODEL_DIR SEED VARIANT[@KV_BYTES]:CASES ...
   VARIANT: "main" (vLLM's split as the plugin leaves it) or a ``split_variants`` name; each variant runs the
-  same CASES seeded cases. Prints one line ``RESULT {variant: summary}``.
+  same CASES seeded cases, on KV_BYTES of KV cache (default 4,000,000). Prints one line
+  ``RESULT {VARIANT[@KV_BYTES]: summary}``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def engine_config(model_dir: str, budget: int, checkpoint: int):
 
     os.environ["HYBRID_ALLOC_STATE_CHECKPOINT"] = str(checkpoint)
     args = EngineArgs(
-        model=model_dir, skip_tokenizer_init=True, enforce_eager=True, dtype="float32", max_model_len=2048,
+        model=model_dir, skip_tokenizer_init=True, enforce_eager=True, dtype="float32", max_model_len=1280,
         enable_prefix_caching=True, max_num_batched_tokens=budget, max_num_seqs=8, seed=0,
     )
     return args.create_engine_config()
@@ -169,6 +170,7 @@ class RecordingWorker:
         self.state_idx: dict[str, int] = {}  # mamba_utils.preprocess_mamba's mamba_state_idx
         self.chunks: list[tuple[str, int, int]] = []  # (request, chunk start, chunk end) of every prefill chunk
         self.wrong_reads: list[dict] = []  # a forward that resumed from a state other than its computed prefix
+        self.in_place = 0  # steps whose state moved to a new column on the same block (checkpoint skipped)
 
     def _blocks(self, group_ids):
         return [group_ids[g] for g in self.groups]
@@ -209,6 +211,7 @@ class RecordingWorker:
             self.state_idx[r] = curr
             for table in self.tables[r]:
                 if prev != -1 and prev != curr:  # preprocess_mamba: copy the previous state into the new column
+                    self.in_place += table[prev] == table[curr]
                     self.content[table[curr]] = self.content.get(table[prev])
                 block = table[curr]
                 if c > 0 and self.content.get(block) != tokens[:c]:  # the kernel's initial state
@@ -241,6 +244,36 @@ def cached_state_keys(scheduler, groups, token_of_hash) -> list[tuple[int, int]]
     return out
 
 
+def owner_violations(scheduler, groups, k: int) -> list[str]:
+    """One owner per block id: a held state slot's ids (``[s*k, (s+1)*k)``) are neither free nor cached-free
+    nor in any attention table; a held attention id is neither free nor inside a held state slot."""
+    manager = scheduler.kv_cache_manager
+    pool = manager.block_pool
+    queue = pool.free_block_queue
+    managers = manager.coordinator.single_type_managers
+    slot_ids, attention_ids = {}, {}
+    for g, m in enumerate(managers):
+        for r, blocks in m.req_to_blocks.items():
+            for b in blocks:
+                if b.is_null:
+                    continue
+                if g in groups:
+                    for i in range(b.block_id, b.block_id + k):
+                        slot_ids.setdefault(i, set()).add(b.block_id)
+                else:
+                    attention_ids.setdefault(b.block_id, set()).add(r)
+    cached_free = {i for rep, size in queue.lru.items() for i in range(rep, rep + size)}
+    out = []
+    for i, reps in slot_ids.items():
+        if len(reps) > 1 or queue.runs.free[i] or i in cached_free or i in attention_ids:
+            out.append(f"state id {i} (slots {sorted(reps)}): free={bool(queue.runs.free[i])} "
+                       f"cached_free={i in cached_free} attention={i in attention_ids}")
+    for i in attention_ids:
+        if queue.runs.free[i] or i in cached_free:
+            out.append(f"attention id {i} is free")
+    return out
+
+
 def workload(rng: random.Random, max_len: int) -> list[list[list[int]]]:
     """Waves of prompts (each wave runs to completion before the next is added) sharing prefixes of random
     lengths: every prompt = a cut of one base sequence + its own random tail."""
@@ -256,9 +289,11 @@ def workload(rng: random.Random, max_len: int) -> list[list[list[int]]]:
     return waves
 
 
-def run_case(case: int, model_dir: str, rng: random.Random, fixed: dict | None = None) -> dict:
+def run_case(case: int, model_dir: str, rng: random.Random, fixed: dict | None = None,
+             kv_bytes: int = 4_000_000) -> dict:
     """One case: a random (budget, checkpoint, waves) from ``rng``, or ``fixed`` = {budget, checkpoint,
-    waves: [[prompt, ...], ...], max_tokens}."""
+    waves: [[prompt, ...], ...], max_tokens}; ``kv_bytes`` of KV cache (small: checkpoints compete for
+    the pool and are skipped)."""
     from vllm import SamplingParams
     from vllm.utils.hashing import get_hash_fn_by_name
     from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
@@ -270,7 +305,7 @@ def run_case(case: int, model_dir: str, rng: random.Random, fixed: dict | None =
     else:
         budget = rng.choice((40, 64, 96, 100, 128, 192, 200, 256, 333, 512))
         checkpoint = rng.choice((64, 128, 192, 256, 320, 512))  # multiples of Mamba2's 64-token chunk
-    vllm_config, scheduler, kv_cache_config, hash_block_size = configure(model_dir, budget, checkpoint, 4_000_000)
+    vllm_config, scheduler, kv_cache_config, hash_block_size = configure(model_dir, budget, checkpoint, kv_bytes)
     groups = [i for i, g in enumerate(kv_cache_config.kv_cache_groups) if isinstance(g.kv_cache_spec, MambaSpec)]
     mamba_block = kv_cache_config.kv_cache_groups[groups[0]].kv_cache_spec.block_size
     assert all(kv_cache_config.kv_cache_groups[g].kv_cache_spec.num_prefill_checkpoint_blocks == 0 for g in groups)
@@ -283,8 +318,10 @@ def run_case(case: int, model_dir: str, rng: random.Random, fixed: dict | None =
               "split_block": scheduler.cache_config.block_size,
               "scheduler_block": scheduler.block_size, "hash_block": hash_block_size,
               "natural": type(kv_cache_config).__name__ == "NaturalKVCacheConfig" and kv_cache_config.state_ids_are_block_ids, "checked": 0, "bad_keys": [], "hits": 0, "steps": 0,
-              "preemptions": 0, "outputs": []}
+              "preemptions": 0, "outputs": [], "num_blocks": kv_cache_config.num_blocks,
+              "slot_blocks": kv_cache_config.slot_blocks, "owner_violations": []}
     n = 0
+    # random prompts of at most 1199 tokens and at most 4 generated: under max_model_len (1280)
     for wave in fixed["waves"] if fixed else workload(rng, 1200):
         reqs = []
         for prompt in wave:
@@ -311,11 +348,14 @@ def run_case(case: int, model_dir: str, rng: random.Random, fixed: dict | None =
                     result["bad_keys"].append({"step": result["steps"], "key": position,
                                                "held": None if held is None else len(held),
                                                "held_is_prefix": held is not None and held == tokens[: len(held)]})
+            if not result["owner_violations"]:
+                result["owner_violations"] = owner_violations(scheduler, groups, kv_cache_config.slot_blocks)[:3]
             assert result["steps"] < 10_000
         result["outputs"].extend(req.output_token_ids[:] for req in reqs)
         result["preemptions"] += sum(r.num_preemptions for r in reqs) if hasattr(reqs[0], "num_preemptions") else 0
     result["chunk_ends"] = sorted({e for _, s, e in worker.chunks})
     result["wrong_reads"] = worker.wrong_reads
+    result["in_place"] = worker.in_place
     # distinct mis-keyed (key, held) pairs, in the order found
     seen = []
     for b in result["bad_keys"]:
@@ -325,14 +365,14 @@ def run_case(case: int, model_dir: str, rng: random.Random, fixed: dict | None =
     return result
 
 
-def run_variant(model_dir: str, seed: int, cases: int, variant: str) -> dict:
+def run_variant(model_dir: str, seed: int, cases: int, variant: str, kv_bytes: int) -> dict:
     """``cases`` seeded random cases under one split variant ("main": vLLM's split as the plugin leaves it)."""
     import split_variants
 
     restore = split_variants.apply(variant) if variant != "main" else (lambda: None)
     try:
         rng = random.Random(seed)
-        results = [run_case(c, model_dir, rng) for c in range(cases)]
+        results = [run_case(c, model_dir, rng, kv_bytes=kv_bytes) for c in range(cases)]
     finally:
         restore()
     bad = [r for r in results if r["bad_keys"]]
@@ -353,6 +393,11 @@ def run_variant(model_dir: str, seed: int, cases: int, variant: str) -> dict:
         "natural_align": all(r["natural"] for r in results),  # the plugin's align-mode layout in every case
         "checkpoints": sorted({r["checkpoint"] for r in results}),
         "budgets": sorted({r["budget"] for r in results}),
+        "num_blocks": sorted({r["num_blocks"] for r in results}),
+        "slot_blocks": sorted({r["slot_blocks"] for r in results}),
+        "preemptions": sum(r["preemptions"] for r in results),
+        "in_place": sum(r["in_place"] for r in results),  # checkpoints skipped: the state moved on in place
+        "owner_violations": [v for r in results for v in r["owner_violations"]][:5],
         "examples": [{k: r[k] for k in ("case", "budget", "checkpoint", "bad_keys", "wrong_reads")} for r in bad[:3] + wrong[:3]],
     }
 
@@ -369,8 +414,9 @@ if __name__ == "__main__":
     logging.getLogger("vllm").setLevel(logging.WARNING)
     out = {}
     for arg in sys.argv[3:]:
-        variant, cases = arg.split(":")
+        name, cases = arg.split(":")
+        variant, _, kv_bytes = name.partition("@")
         start = time.perf_counter()
-        out[variant] = run_variant(model_dir, seed, int(cases), variant)
-        out[variant]["seconds"] = time.perf_counter() - start
+        out[name] = run_variant(model_dir, seed, int(cases), variant, int(kv_bytes or 4_000_000))
+        out[name]["seconds"] = time.perf_counter() - start
     print("RESULT " + json.dumps(out), flush=True)
