@@ -9,9 +9,11 @@ import pytest
 from hand_layouts import hand_layout
 
 from hybrid_alloc.planner.hardware import get_hardware
-from hybrid_alloc.planner.natural import plan_natural, state_blocks_per_request
+from hybrid_alloc.planner.checkpoints import checkpoint_interval_tokens
+from hybrid_alloc.planner.natural import plan_natural
 from hybrid_alloc.planner.pipeline import stage_layers
 from hybrid_alloc.planner.settings import Settings
+from hybrid_alloc.planner.stock import vllm_state_blocks_per_request
 from hybrid_alloc.vllm_plugin.block_pool import FreeRuns
 
 GPU = get_hardware("rtx3060")
@@ -106,7 +108,7 @@ def test_plan_matches_pool_simulation(seed):
         assert k == (1 if has_state else 0)
     if has_attention:
         assert plan.num_blocks == simulate_num_blocks(stages, budgets, 16, max(k, 1))
-    m = state_blocks_per_request(layout, settings, GPU) if has_state else 0
+    m = 1 if has_state else 0  # one running slot, prefix caching on or off
     for length in (1, 16, 17, 500, 4096):
         attention_blocks = -(-length // 16) if has_attention else 0
         expected = simulate_admitted(plan.num_blocks, max(k, 1), m, attention_blocks, limit=10**6)
@@ -190,7 +192,7 @@ def test_state_only_stage_keeps_slots():
     slots = budget // (4 * layout.state_layers[0].state_page_bytes)
     assert plan.num_blocks // plan.state_slot_blocks == slots
     assert state_only.bytes == slots * state_only.state_bytes_per_request
-    assert plan.fit(1) == (slots - 1) // 2  # two slots per request ("align"); slot 0 holds the null block
+    assert plan.fit(1) == slots - 1  # one slot per request, prefix caching on too; slot 0 holds the null block
 
 
 def test_attention_only_model_has_no_slots():
@@ -222,11 +224,44 @@ def test_cpu_backend_uses_32_token_blocks():
     "prefix_caching, spec, sm90, expected",
     [(False, 0, False, 1), (False, 2, False, 3), (True, 0, False, 2), (True, 1, True, 4)],
 )
-def test_state_slots_per_request_follow_mamba_spec(prefix_caching, spec, sm90, expected):
+def test_vllm_state_blocks_follow_mamba_spec(prefix_caching, spec, sm90, expected):
     settings = Settings(prefix_caching=prefix_caching, num_speculative_tokens=spec)
     hardware = get_hardware("h100" if sm90 else "rtx3060")
-    assert state_blocks_per_request(hand_layout("SSSA"), settings, hardware) == expected
+    assert vllm_state_blocks_per_request(hand_layout("SSSA"), settings, hardware) == expected
     # Mamba2 exports prefill checkpoints on every device.
     if prefix_caching:
         mamba2 = hand_layout("SSSA", kind="mamba2")
-        assert state_blocks_per_request(mamba2, settings, get_hardware("rtx3060")) == 3 + spec
+        assert vllm_state_blocks_per_request(mamba2, settings, get_hardware("rtx3060")) == 3 + spec
+
+
+@pytest.mark.parametrize("prefix_caching", [False, True])
+@pytest.mark.parametrize("kind", ["gdn", "mamba2"])
+@pytest.mark.parametrize("spec", [0, 2])
+def test_natural_request_holds_one_running_slot_per_token_in_flight(prefix_caching, kind, spec):
+    """m = 1 + speculative tokens whatever the mode: checkpoints are cached slots, not admission charges."""
+    layout = hand_layout("SSSA" * 2, kind=kind, num_speculative_tokens=spec)
+    settings = Settings(prefix_caching=prefix_caching, num_speculative_tokens=spec, max_num_seqs=10**6)
+    plan = plan_natural(layout, settings, [2**30], get_hardware("h100"))
+    assert plan.state_slots_per_request == 1 + spec
+    assert plan.blocks_per_request(100) == 7 + (1 + spec) * plan.state_slot_blocks
+
+
+@pytest.mark.parametrize(
+    "k, block, interval",
+    [(1, 16, 16), (2, 16, 32), (3, 16, 64), (99, 16, 2048), (128, 16, 2048), (129, 16, 4096), (5, 32, 256),
+     (0, 16, 16), (1, 48, 96), (3, 48, 288)],
+)
+def test_checkpoint_interval_is_k_blocks_rounded_up_to_a_power_of_two(k, block, interval):
+    assert checkpoint_interval_tokens(k, block) == interval
+    assert interval % block == 0 and interval >= max(1, k) * block
+
+
+def test_checkpoint_interval_in_the_plan_only_with_prefix_caching():
+    layout = hand_layout("SSSA" * 8)  # Qwen3.5-9B's shape: k = 99 blocks of 16 tokens
+    on, off = (plan_natural(layout, Settings(prefix_caching=p), [8 * 2**30], GPU) for p in (True, False))
+    assert on.state_slot_blocks == off.state_slot_blocks == 99
+    assert (on.checkpoint_interval, off.checkpoint_interval) == (2048, None)
+    assert on.checkpoint_bytes == on.stages[0].slot_bytes == 99 * on.stages[0].bytes_per_block
+    assert off.checkpoint_bytes == 0
+    attention_only = plan_natural(hand_layout("A" * 4), Settings(), [2**28], GPU)
+    assert attention_only.checkpoint_interval is None and attention_only.checkpoint_bytes == 0

@@ -91,10 +91,14 @@ def test_spec_conditions():
     assert "BLHNC" in fail_closed.spec_reason(ok, KVCacheLayout.BLHNC)
 
 
-@pytest.mark.parametrize("value, tokens", [("", 512), ("100", 128), ("32", 32), ("1", 32), ("abc", 512), ("-64", 512)])
+@pytest.mark.parametrize(
+    "value, tokens", [("", 4096), ("100", 128), ("32", 32), ("1", 32), ("abc", 4096), ("-64", 4096)]
+)
 def test_state_checkpoint_interval(value, tokens, monkeypatch):
     pytest.importorskip("vllm")
     from hybrid_alloc.vllm_plugin.checkpoint_interval import checkpoint_tokens
 
     monkeypatch.setattr(os, "environ", dict(os.environ, HYBRID_ALLOC_STATE_CHECKPOINT=value))
-    assert checkpoint_tokens(32) == tokens  # a multiple of the 32-token block; bad values: the default
+    # 99-block slots of 32 tokens: the planner's interval (3168 tokens up to 4096); a set value is rounded up
+    # to a multiple of the 32-token block; bad values: the default.
+    assert checkpoint_tokens(32, 99) == tokens

@@ -8,10 +8,10 @@ import pytest
 from hand_layouts import hand_layout
 
 from hybrid_alloc.planner.hardware import get_hardware
-from hybrid_alloc.planner.natural import plan_natural, state_blocks_per_request
+from hybrid_alloc.planner.natural import plan_natural
 from hybrid_alloc.planner.physical import physical_capacity, physical_stages
 from hybrid_alloc.planner.settings import Settings
-from hybrid_alloc.planner.stock import plan_stock
+from hybrid_alloc.planner.stock import plan_stock, vllm_state_blocks_per_request
 from hybrid_alloc.planner.usage import (
     CATEGORIES,
     natural_split,
@@ -80,9 +80,9 @@ def test_stock_blocks_per_request_is_vllms_at_max_model_len(layout, settings, bu
 
 
 @pytest.mark.parametrize("layout, settings, budgets", list(cases()))
-def test_natural_state_slots_match_stock_state_blocks(layout, settings, budgets):
+def test_vllm_state_blocks_match_stock_groups(layout, settings, budgets):
     if not layout.state_layers:
         return
     stock = plan_stock(layout, settings, budgets)
     state_blocks = {g.blocks_per_request for g in stock.stages[0].groups if g.kind != "attention"}
-    assert state_blocks == {state_blocks_per_request(layout, settings, get_hardware(settings.hardware))}
+    assert state_blocks == {vllm_state_blocks_per_request(layout, settings, get_hardware(settings.hardware))}

@@ -30,11 +30,17 @@ attention page stride to ``ceil(r * state_page / k)`` (256-byte aligned; vLLM's 
 At PP=1 this choice is the stage's own ``k`` and nothing is padded.
 A state-only model has no attention blocks: its pool unit is one slot (k = 1).
 
+A request's state: ``m = 1 + num_speculative_tokens`` slots, prefix caching on or off
+(``natural_state_slots_per_request``; vLLM's own count, ``MambaSpec.max_memory_usage_bytes``, is
+``stock.vllm_state_blocks_per_request``). With prefix caching on ("align" mode) a running request still
+holds one slot, read and written in place; its state checkpoints are separate slots copied from it every
+C tokens (``checkpoints.checkpoint_interval_tokens``), cached and evictable in the pool's LRU beside cached
+attention blocks, never charged at admission: they use free blocks and give them back on demand.
+
 Capacity at L tokens: ``min(max_num_seqs, (N - 1) // (ceil(L/B) + m*k), (N // k - 1) // m)``
-(``requests_that_fit``: block 0 is vLLM's null block, run 0 holds it), where ``m`` is the number of state
-slots vLLM's MambaManager may hold per request (``MambaSpec.max_memory_usage_bytes``). Exact for the
-plugin's free structure (tests/test_natural.py admits requests into ``FreeRuns`` itself): attention never
-strands a run it did not need.
+(``requests_that_fit``: block 0 is vLLM's null block, run 0 holds it). Exact for the plugin's free
+structure (tests/test_natural.py admits requests into ``FreeRuns`` itself): attention never strands a run
+it did not need.
 """
 
 from __future__ import annotations
@@ -42,8 +48,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import log
 
-from hybrid_alloc import vllm_versions
 from hybrid_alloc.models.layout import ModelLayout
+from hybrid_alloc.planner.checkpoints import checkpoint_interval_tokens
 from hybrid_alloc.planner.hardware import KERNEL_BLOCK_SIZE, HardwareProfile, attention_backend
 from hybrid_alloc.planner.pipeline import stage_layers
 from hybrid_alloc.planner.settings import Settings
@@ -70,22 +76,10 @@ def natural_block_size(layout: ModelLayout, settings: Settings, hardware: Hardwa
     )
 
 
-def state_blocks_per_request(layout: ModelLayout, settings: Settings, hardware: HardwareProfile) -> int:
-    """State blocks one request may hold in a state group (``MambaSpec.max_memory_usage_bytes`` / page):
-    1 + spec in "none" mode; 2 + spec + prefill checkpoint blocks in "align" mode, where Mamba2 layers
-    always add one and Gated DeltaNet layers add one with FlashInfer's GDN prefill (where the release's
-    ``PlannerRules.gdn_prefill_checkpoint_block`` says so, when every state layer is GDN). The largest over
-    the state layers: one natural slot serves them all."""
-    spec = settings.num_speculative_tokens
-    if settings.mamba_cache_mode != "align":
-        return 1 + spec
-    kinds = {layer.kind for layer in layout.state_layers}
-    gdn_checkpoints = (
-        vllm_versions.RELEASES[settings.vllm_version].planner.gdn_prefill_checkpoint_block
-        and hardware.gdn_prefill_flashinfer
-        and kinds == {"gdn"}
-    )
-    return 2 + spec + int("mamba2" in kinds or gdn_checkpoints)
+def natural_state_slots_per_request(settings: Settings) -> int:
+    """m: the slots a running request holds in the natural layout, prefix caching on or off: one, plus
+    one per speculative token. Checkpoints are not counted: cached and evictable, never admitted."""
+    return 1 + settings.num_speculative_tokens
 
 
 @dataclass(frozen=True)
@@ -141,6 +135,13 @@ class NaturalPlan:
     max_model_len: int
     max_num_seqs: int
     notes: tuple[str, ...]
+    # Prefix caching on, state and attention layers: tokens between state checkpoints (C); else None.
+    checkpoint_interval: int | None = None
+
+    @property
+    def checkpoint_bytes(self) -> int:
+        """What one cached checkpoint occupies: one state slot on every stage (0 without checkpoints)."""
+        return sum(stage.slot_bytes for stage in self.stages) if self.checkpoint_interval else 0
 
     @property
     def bottleneck_stage(self) -> int:
@@ -264,7 +265,7 @@ def plan_natural(
     has_state = bool(layout.state_layers)
     model_len = max_model_len(layout, settings)
     shapes = _stage_shapes(per_stage, cache_dtype(layout, settings), block)
-    m = state_blocks_per_request(layout, settings, hardware) if has_state else 0
+    m = natural_state_slots_per_request(settings) if has_state else 0
     k, notes = _slot_blocks(shapes, stage_budgets, m, model_len, has_attention, has_state, state_slot_blocks)
     fits = [shape.max_blocks(budget, k, has_attention) for shape, budget in zip(shapes, stage_budgets)]
     num_blocks = min(fits)
@@ -281,6 +282,9 @@ def plan_natural(
         max_model_len=model_len,
         max_num_seqs=settings.max_num_seqs,
         notes=tuple(notes),
+        checkpoint_interval=(
+            checkpoint_interval_tokens(k, block) if settings.prefix_caching and has_state and has_attention else None
+        ),
     )
 
 

@@ -3,7 +3,8 @@
 Requests of one length L, as many as the layout admits (capped by max_num_seqs). Every byte of a stage's
 budget lands in exactly one category (the splits sum to the budget):
 - attention: K/V of the L tokens;
-- state: the recurrent states the request holds (m per state layer: vLLM's MambaSpec worst case);
+- state: the recurrent states the request holds per state layer: stock, vLLM's MambaSpec count; natural, its
+  m running slots (cached checkpoints are not a request's: evictable, not charged at admission);
 - padding: stock: state pages padded up to the attention page and padding layers of a group;
   natural: state-page positions of a slot that no state layer uses (n_attn * r - n_state), and the
   padded attention page stride of a stage with more state per attention layer than k pages hold;

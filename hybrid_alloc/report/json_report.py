@@ -6,12 +6,15 @@
              "natural": {"attention_block_size", "num_attention_blocks", "state_slot_blocks",
                          "state_layers_per_tensor", "bytes"}}],
  "stock": {"num_blocks", "kv_cache_size_tokens", "max_concurrency"}  (or {"error": vLLM's reason}),
- "natural": {"kv_cache_size_tokens", "max_concurrency"}}
+ "natural": {"kv_cache_size_tokens", "max_concurrency", "state_slots_per_request", "checkpoints"}}
 "kv_cache_memory_bytes" is the stage's KV cache budget (vLLM's available memory for the cache).
 "kv_cache_size_tokens" / "max_concurrency" follow vLLM's definitions: concurrency = num_blocks / the
 blocks one max_model_len request may hold (no max_num_seqs cap), tokens = concurrency x max_model_len.
 "capacity" lists requests held at once (capped by max_num_seqs) at 512, 4096 and max_model_len tokens;
 "bytes" splits each stage's budget at those lengths (see hybrid_alloc.planner.usage).
+"state_slots_per_request" is the natural layout's m (1 + speculative tokens, prefix caching on or off);
+"stock"'s per-group count is vLLM's MambaSpec. "checkpoints" (null with prefix caching off):
+{"interval_tokens", "bytes_per_checkpoint" (one state slot on every stage), "accounting"}.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import asdict
 
 from hybrid_alloc.planner.pipeline import pp_indices
 from hybrid_alloc.planner.comparison import LayoutComparison
+
+CHECKPOINT_ACCOUNTING = "cached and evictable, not charged at admission"
 
 
 def to_dict(trace: LayoutComparison) -> dict:
@@ -58,6 +63,11 @@ def to_dict(trace: LayoutComparison) -> dict:
             "state_slot_blocks": natural.state_slot_blocks,
             "state_slots_per_request": natural.state_slots_per_request,
             "blocks_per_request": natural.blocks_per_request(trace.max_model_len),
+            "checkpoints": None if natural.checkpoint_interval is None else {
+                "interval_tokens": natural.checkpoint_interval,
+                "bytes_per_checkpoint": natural.checkpoint_bytes,
+                "accounting": CHECKPOINT_ACCOUNTING,
+            },
             "notes": list(natural.notes),
         },
         "capacity": [

@@ -174,9 +174,14 @@ def _footer(trace: LayoutComparison) -> list[str]:
     natural = trace.natural
     if natural.state_slots_per_request:
         lines.append(
-            f"A request holds {natural.state_slots_per_request} state block(s) per state group "
-            f"(vLLM's MambaSpec, mamba_cache_mode {trace.settings.mamba_cache_mode}); natural: "
-            f"{natural.state_slots_per_request} slot(s) of {natural.state_slot_blocks} blocks."
+            f"A request holds {natural.state_slots_per_request} state slot(s) of {natural.state_slot_blocks} "
+            f"blocks (natural); stock vLLM charges it {_stock_state_blocks(trace.stock.stages[0])} "
+            f"(MambaSpec, mamba_cache_mode {trace.settings.mamba_cache_mode})."
+        )
+    if natural.checkpoint_interval:
+        lines.append(
+            f"State checkpoints (natural): one slot ({fmt_bytes(natural.checkpoint_bytes)}) every "
+            f"{natural.checkpoint_interval:,} tokens, cached and evictable, not charged at admission."
         )
     if trace.settings.pp > 1:
         stock_neck = min(trace.stock.stages, key=lambda st: st.num_blocks_alone).stage

@@ -14,7 +14,7 @@ from __future__ import annotations
 from math import lcm
 
 from . import fail_closed
-from .checkpoint_interval import checkpoint_tokens
+from .checkpoint_interval import WORKER_SLOT_BLOCKS, checkpoint_tokens
 from .patching import Patch
 
 
@@ -44,7 +44,7 @@ def _align_hybrid_block_size(original):
         cache_config.block_size = kernel_block_size(vllm_config, backend_cls, cls._find_non_ssm_backends(vllm_config))
         cache_config.mamba_page_size_padded = None
         if cache_config.mamba_cache_mode == "align":
-            cache_config.mamba_block_size = checkpoint_tokens(cache_config.block_size)
+            cache_config.mamba_block_size = checkpoint_tokens(cache_config.block_size, WORKER_SLOT_BLOCKS)
 
     return classmethod(natural)
 

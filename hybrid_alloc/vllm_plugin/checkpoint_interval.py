@@ -1,32 +1,36 @@
 """The state checkpoint interval of "align" mode (prefix caching on): ``HYBRID_ALLOC_STATE_CHECKPOINT``.
 
 ``block_size`` sets vLLM's ``mamba_block_size`` to it; ``kv_cache_coordinator``'s align-mode managers
-checkpoint a request's state every that many tokens.
+checkpoint a request's state every that many tokens. The default is the trace's
+(``hybrid_alloc.planner.checkpoints.checkpoint_interval_tokens``): ``k`` blocks rounded up to a power of two.
 """
 
 from __future__ import annotations
 
 import os
 
+from hybrid_alloc.planner.checkpoints import checkpoint_interval_tokens
+
 from . import log
 
 ENV = "HYBRID_ALLOC_STATE_CHECKPOINT"
-DEFAULT_CHECKPOINT_BLOCKS = 16
+# The slot size block_size passes: a worker sets mamba_block_size before its KV cache specs exist, while
+# the plan's k is chosen in the engine core from every stage's specs and budget, after them. 16 blocks
+# keeps the interval the plugin has run with (256 tokens at 16-token blocks, 512 on CPU).
+WORKER_SLOT_BLOCKS = 16
 
 
-def checkpoint_tokens(block: int) -> int:
-    """The checkpoint interval in tokens: ``HYBRID_ALLOC_STATE_CHECKPOINT`` rounded up to a multiple of the
-    attention block ``block`` (itself a multiple of every kernel alignment), default ``16 * block`` (512
-    tokens on CPU, 256 at 16-token blocks).
+def checkpoint_tokens(block: int, k: int) -> int:
+    """The checkpoint interval in tokens for state slots of ``k`` blocks of ``block`` tokens: the planner's
+    ``checkpoint_interval_tokens(k, block)``, or ``HYBRID_ALLOC_STATE_CHECKPOINT`` rounded up to a multiple
+    of ``block`` (itself a multiple of every kernel alignment); always at least one block.
 
-    Why that default: a prompt's own end is checkpointed at the attention block whatever the interval
-    (vLLM's partial-tail checkpoint), so the interval only sets how often a long prefill leaves a state
-    slot behind for other requests sharing a prefix. One slot costs ``k`` blocks (a few for small models,
-    tens for Qwen3.5-class ones); at 16 attention blocks per checkpoint the cached state of a long prompt
-    costs about ``k/16`` of its attention blocks instead of ``k`` per block, and a shared prefix loses at
-    most 15 blocks of recompute."""
+    A prompt's own end is checkpointed at the attention block whatever the interval (vLLM's partial-tail
+    checkpoint), so the interval only sets how often a long prefill leaves a state slot behind for other
+    requests sharing a prefix; at ``k`` blocks per slot and at least ``k`` blocks per interval, cached state
+    never outweighs the cached attention of the prefix it serves."""
     value = os.environ.get(ENV, "")
-    tokens = DEFAULT_CHECKPOINT_BLOCKS * block
+    tokens = checkpoint_interval_tokens(k, block)
     if value:
         if value.isdigit() and int(value) > 0:
             tokens = int(value)
