@@ -75,6 +75,12 @@ def log_capacity(vllm_config, configs: list[NaturalKVCacheConfig], stock: tuple[
         f"max concurrency at {max_len} tokens: {max_concurrency(vllm_config, c):.2f}; "
         f"stock vLLM: block size {stock[0]}, {stock[1]:.2f}"
     )
+    if c.state_ids_are_block_ids:
+        log.once(
+            f"hybrid-alloc: prefix caching: one running state slot per request; state checkpoints every "
+            f"{c.kv_cache_groups[0].kv_cache_spec.block_size} tokens and at each prompt's last "
+            f"{c.block_size}-token boundary, cached and evictable, taken only where the pool can spare them"
+        )
     tp = vllm_config.parallel_config.tensor_parallel_size
     for rank, config in enumerate(configs):  # one per worker, in rank order
         layers = [len(g.layer_names) for g in config.kv_cache_groups]

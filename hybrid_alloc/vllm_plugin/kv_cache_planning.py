@@ -22,6 +22,7 @@ Bytes per stage = ``num_blocks * n_attn * P`` (the trace's natural plan); a requ
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 from functools import partial
 
 from vllm.utils.math_utils import cdiv
@@ -37,6 +38,7 @@ from hybrid_alloc import vllm_versions
 from hybrid_alloc.planner.natural import StageShape, choose_slot_blocks, objective_lengths
 
 from . import capacity_log, fail_closed, patching
+from .checkpoint_interval import checkpoint_tokens
 from .natural_config import NaturalKVCacheConfig, SlotTensor
 from .patching import Patch
 
@@ -92,17 +94,28 @@ def plan(vllm_config, kv_cache_specs: list[dict], available_memory: list[int]) -
     if vllm_config.cache_config.num_gpu_blocks_override is not None:
         num_blocks = vllm_config.cache_config.num_gpu_blocks_override
 
-    configs = [_worker_config(vllm_config, w, shape, state_specs, num_blocks, k) for w, shape in zip(kv_cache_specs, shapes)]
+    checkpoint = None
+    if vllm_config.cache_config.mamba_cache_mode == "align":
+        # the state groups' block: the checkpoint interval for this k (the workers set a provisional one
+        # before k was known; the groups sent back to them carry this one)
+        checkpoint = checkpoint_tokens(shapes[0].block, k)
+        vllm_config.cache_config.mamba_block_size = checkpoint
+    configs = [_worker_config(vllm_config, w, shape, state_specs, num_blocks, k, checkpoint)
+               for w, shape in zip(kv_cache_specs, shapes)]
     need = configs[0].blocks_per_request(max_len)
-    if need > num_blocks - 1:  # BlockPool holds block 0 back (the null block)
+    # BlockPool holds block 0 back (the null block); in "align" mode the rest of its run too
+    # (kv_cache_coordinator._reserve_slot_zero; the planner's NaturalPlan.held_back_blocks)
+    usable = num_blocks - (k if checkpoint is not None else 1)
+    if need > usable:
         raise ValueError(
             f"hybrid-alloc: one request of max_model_len={max_len} needs {need} blocks of {shapes[0].block} "
-            f"tokens but the KV cache holds {num_blocks - 1}; increase the KV cache memory or decrease max_model_len"
+            f"tokens but the KV cache holds {usable}; increase the KV cache memory or decrease max_model_len"
         )
     return configs
 
 
-def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num_blocks, k) -> NaturalKVCacheConfig:
+def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num_blocks, k,
+                   checkpoint: int | None) -> NaturalKVCacheConfig:
     planning_module = vllm_versions.running().planning_module
     kv_cache_groups_tp_replicas = importlib.import_module(planning_module).kv_cache_groups_tp_replicas
     layout = vllm_config.cache_config.get_resolved_kv_cache_layout()
@@ -125,6 +138,9 @@ def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num
                        offset=r * region + offset)
         )
     groups = natural_groups(worker_spec, state_specs)
+    if checkpoint is not None:
+        groups = [KVCacheGroupSpec(g.layer_names, replace(g.kv_cache_spec, block_size=checkpoint))
+                  if isinstance(g.kv_cache_spec, MambaSpec) else g for g in groups]
     config = NaturalKVCacheConfig(
         num_blocks=num_blocks,
         kv_cache_tensors=tensors,
