@@ -47,6 +47,7 @@ pytestmark = pytest.mark.engine
 
 SEED = 0
 CASES = 200
+TIGHT_KV = 1_700_000  # 51 blocks of 32 tokens, slots of 3: requests compete and checkpoints are skipped
 
 
 def variants_entry_point(root: str) -> str:
@@ -63,7 +64,7 @@ def variants_entry_point(root: str) -> str:
 def keys(model, workdir):
     env = dict(os.environ, HYBRID_ALLOC="1", PYTHONPATH=os.pathsep.join([REPO, HERE]))
     argv = [ENGINE_PYTHON, os.path.join(HERE, "checkpoint_keys.py"), model("mamba2"), str(SEED),
-            f"main:{CASES}", f"attention_floor:{CASES}", f"state_floor:{CASES}"]
+            f"main:{CASES}", f"attention_floor:{CASES}", f"state_floor:{CASES}", f"main@{TIGHT_KV}:{CASES}"]
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=workdir, timeout=900)
     result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and result, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -107,6 +108,19 @@ def test_chunk_ends_floored_to_the_checkpoint_interval_keep_every_key(keys):
     fixed = keys["state_floor"]
     _covers(fixed)
     assert fixed["cases_with_bad_keys"] == 0 and fixed["wrong_reads"] == 0
+
+
+def test_checkpoints_skipped_under_pressure_keep_every_key(keys):
+    """On a pool so small that requests compete, checkpoint slots the pool cannot spare are skipped (the
+    running slot moves on in place, its stale key dropped): no key names a state its block does not hold,
+    no forward resumes from a wrong state, and every block id has one owner. Deliberately breaking
+    ``AlignSlotMambaManager._continue_in_place`` (keeping the stale key) was caught here: 9 bad keys in 3
+    of 40 cases."""
+    tight = keys[f"main@{TIGHT_KV}"]
+    assert tight["num_blocks"] == [51] and tight["slot_blocks"] == [3]
+    assert tight["in_place"] > 0  # the skip path ran
+    assert tight["cases_with_bad_keys"] == 0 and tight["wrong_reads"] == 0, tight["examples"]
+    assert tight["owner_violations"] == [] and keys["main"]["owner_violations"] == []
 
 
 # --- 2. the engine: shared prefixes ending between two checkpoints

@@ -71,7 +71,8 @@ def test_cached_outputs_identical_to_uncached(runs):
 
 def test_capacity_under_caching_is_the_trace(runs, model):
     """The block count, slot size and capacity vLLM reports = the trace's natural plan with prefix caching
-    on (align mode: 2 slots per request held by vLLM's align logic, hybrid_alloc.planner)."""
+    on (one running state slot per request; checkpoints cached, evictable, taken only where the pool can
+    spare them; the checkpoint interval the planner's, hybrid_alloc.planner.checkpoints)."""
     from hybrid_alloc.models import load_layout
     from hybrid_alloc.planner.hardware import get_hardware
     from hybrid_alloc.planner.natural import plan_natural
@@ -82,7 +83,9 @@ def test_capacity_under_caching_is_the_trace(runs, model):
     layout = load_layout(model("gdn"), dtype="bfloat16", mamba_ssm_cache_dtype="bfloat16")
     plan = plan_natural(layout, settings, [BUDGET], get_hardware("cpu"))
     info = runs["plugin"].cache_config_info
-    assert plan.state_slots_per_request == 2
+    assert plan.state_slots_per_request == 1
     assert info["num_gpu_blocks"] == str(plan.num_blocks)
     assert float(info["kv_cache_max_concurrency"]) == pytest.approx(plan.max_concurrency)
     assert runs["plugin"].lines(f"hybrid-alloc: {plan.num_blocks} blocks x 32 tokens; a state slot = {plan.state_slot_blocks} blocks")
+    assert runs["plugin"].lines(f"hybrid-alloc: prefix caching: one running state slot per request; state checkpoints "
+                                f"every {plan.checkpoint_interval} tokens")
