@@ -77,7 +77,9 @@ class AlignSlotMambaManager(MambaManager):
     only the running slot (and what a prefix hit touches), and a step takes them only where the pool can
     spare them (``_can_spare``); otherwise the checkpoint is skipped: the running slot moves on in place
     (``_continue_in_place``; its stale key is dropped first), so no request is ever preempted or refused
-    for a checkpoint and a later hit on that prefix recomputes from an earlier checkpoint."""
+    for a checkpoint and a later hit on that prefix recomputes from an earlier checkpoint. A step that runs
+    past a checkpoint position without ending there leaves no checkpoint (``cache_blocks``): the running
+    slot moves on in place."""
 
     slot_blocks: int  # k
     step_blocks: int  # attention blocks one scheduler step may still add (its token budget / block)
@@ -107,10 +109,12 @@ class AlignSlotMambaManager(MambaManager):
         blocks = self.req_to_blocks[request_id]
         running = request_id in self._allocated_block_reqs
         moves_on = running and cdiv(num_tokens_main_model, self.block_size) > len(blocks)
+        # moving to a fresh slot keeps a checkpoint only where the running slot holds one (a keyed state)
+        keeps = moves_on and blocks[-1].block_hash is not None
         tail_copy = running and request_id in self._partial_hit_reqs
         checkpoint = request_id in self._checkpoints
-        wanted = int(moves_on) + int(tail_copy) + int(checkpoint)
-        if not wanted or self._can_spare(wanted):
+        wanted = int(keeps) + int(tail_copy) + int(checkpoint)
+        if (keeps or not moves_on) and (not wanted or self._can_spare(wanted)):
             return super().allocate_new_blocks(request_id, num_tokens, num_tokens_main_model)
         self._checkpoints.pop(request_id, None)  # the worker's export then lands in the null slot
         if tail_copy:  # the prompt's partial-tail checkpoint: its state is about to be overwritten
@@ -120,6 +124,19 @@ class AlignSlotMambaManager(MambaManager):
         if moves_on:
             return self._continue_in_place(request_id, num_tokens_main_model)
         return super().allocate_new_blocks(request_id, num_tokens, num_tokens_main_model)
+
+    def cache_blocks(self, request, num_tokens: int, *args, **kwargs) -> None:
+        """vLLM keys every state block that became full by this step's chunk end; a block holds the state at
+        its end only if a chunk ended exactly there (the worker writes a chunk's end state into its column),
+        so the keys of blocks this chunk ran past are dropped. Chunk ends need not fall on state blocks
+        (``chunk_split``): correctness does not depend on where chunks end."""
+        blocks = self.req_to_blocks[request.request_id]
+        before = self.num_cached_block.get(request.request_id, 0)
+        super().cache_blocks(request, num_tokens, *args, **kwargs)
+        after = min(self.num_cached_block.get(request.request_id, 0), len(blocks))
+        for i in range(before, after):
+            if (i + 1) * self.block_size != num_tokens and not blocks[i].is_null:
+                self.block_pool._maybe_evict_cached_block(blocks[i])
 
     def _continue_in_place(self, request_id: str, num_tokens_main_model: int) -> list:
         """The running slot moves to the column of this step's state (``cdiv(end, B) - 1``) instead of a

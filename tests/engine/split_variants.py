@@ -9,8 +9,11 @@ The split floors mid-prefill chunk ends to ``cache_config.block_size`` (0.32: ``
 read of it in the scheduler). Under the plugin that is not the state group's block (the checkpoint interval):
 the engine core sets it to the attention block, and on CPU ``EngineCoreProc`` resets it to 128. Variants:
 - ``attention_floor``: floor to the attention group's block (the engine core's value where no platform hook
-  resets it; the deliberately broken variant, fix or no fix);
-- ``state_floor``: floor to the state group's block, the checkpoint interval (the proposed fix).
+  resets it): chunks run past checkpoint positions;
+- ``state_floor``: floor to the state group's block, the checkpoint interval;
+- ``unchecked_attention_floor``: ``attention_floor`` with the plugin's key check removed
+  (``AlignSlotMambaManager.cache_blocks``, which keys only state blocks a chunk ended on): the deliberately
+  broken variant.
 """
 
 from __future__ import annotations
@@ -57,9 +60,10 @@ def apply(how: str):
     """Replace the split; returns a function that restores the one in place before."""
     from vllm.v1.core.sched.scheduler import Scheduler
 
-    if how not in ("attention_floor", "state_floor"):
+    if how not in ("attention_floor", "state_floor", "unchecked_attention_floor"):
         raise ValueError(f"{ENV}={how!r}")
     before = vars(Scheduler)["_mamba_block_aligned_split"]
+    unchecked = how.startswith("unchecked_")
     vllm_split = _vllm_split()
 
     def split(self, request, num_new_tokens, *args, **kwargs):
@@ -71,9 +75,16 @@ def apply(how: str):
             self.cache_config = cache_config
 
     Scheduler._mamba_block_aligned_split = split
+    if unchecked:
+        from hybrid_alloc.vllm_plugin.kv_cache_coordinator import AlignSlotMambaManager
+
+        check = vars(AlignSlotMambaManager)["cache_blocks"]
+        del AlignSlotMambaManager.cache_blocks  # MambaManager's: every full state block keyed
 
     def restore():
         Scheduler._mamba_block_aligned_split = before
+        if unchecked:
+            AlignSlotMambaManager.cache_blocks = check
 
     return restore
 
