@@ -63,12 +63,11 @@ def simulate_num_blocks(stages, budgets, block: int, k: int) -> int:
     return smallest(lambda n: any(allocated(ls, n + 1) > b for ls, b in zip(stages, budgets)))
 
 
-def simulate_admitted(num_blocks: int, k: int, slots: int, attention_blocks: int, limit: int,
-                      held_back: int = 1) -> int:
+def simulate_admitted(num_blocks: int, k: int, slots: int, attention_blocks: int, limit: int) -> int:
     """Admit identical requests into the plugin's own free structure (``block_pool.FreeRuns``) until one does
-    not fit: block 0 is the null block (with prefix caching, ids ``1..k-1`` are held back with it), state
-    slots take the highest free runs of k ids aligned from id 0, attention the lowest free ids."""
-    free = FreeRuns(num_blocks, k, range(held_back, num_blocks))
+    not fit: block 0 is the null block, state slots take the highest free runs of k ids aligned from id 0,
+    attention the lowest free ids."""
+    free = FreeRuns(num_blocks, k, range(1, num_blocks))
     admitted = 0
     while admitted < limit:
         if free.num_free_runs < slots or free.num_free - slots * k < attention_blocks:
@@ -112,9 +111,7 @@ def test_plan_matches_pool_simulation(seed):
     m = 1 if has_state else 0  # one running slot, prefix caching on or off
     for length in (1, 16, 17, 500, 4096):
         attention_blocks = -(-length // 16) if has_attention else 0
-        # the plugin's align mode (prefix caching) holds ids 1..k-1 back with the null block
-        held_back = k if settings.prefix_caching and has_state and has_attention else 1
-        expected = simulate_admitted(plan.num_blocks, max(k, 1), m, attention_blocks, limit=10**6, held_back=held_back)
+        expected = simulate_admitted(plan.num_blocks, max(k, 1), m, attention_blocks, limit=10**6)
         assert plan.capacity(length) == expected, (pattern, pp, length)
     for stage, budget in zip(plan.stages, budgets):
         assert stage.bytes <= budget

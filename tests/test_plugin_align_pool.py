@@ -10,14 +10,15 @@ pytest.importorskip("vllm.v1.core.block_pool")
 from vllm.v1.core.block_pool import BlockPool  # noqa: E402
 from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id  # noqa: E402
 
+from hybrid_alloc.vllm_plugin import patching  # noqa: E402
 from hybrid_alloc.vllm_plugin.block_pool import CachingFreeBlockQueue, SlotPool  # noqa: E402
-from hybrid_alloc.vllm_plugin.kv_cache_coordinator import _reserve_slot_zero  # noqa: E402
+from hybrid_alloc.vllm_plugin.kv_cache_coordinator import SWAPS  # noqa: E402
 
 
 def make_pool(num_blocks=40, k=4):
     pool = BlockPool(num_blocks, enable_caching=True, hash_block_size=32)
     pool.free_block_queue = CachingFreeBlockQueue(pool, k, pool.free_block_queue.get_all_free_blocks())
-    _reserve_slot_zero(pool, k)
+    patching.swap(pool, SWAPS["reset_prefix_cache"])  # as kv_cache_coordinator.use_align_slots does
     return pool, SlotPool(pool)
 
 
@@ -40,7 +41,7 @@ def owners_ok(pool, held):
         ids = set(range(b.block_id, b.block_id + k)) if b.block_id in q.slot_reps else {b.block_id}
         assert not ids & held_ids
         held_ids |= ids
-    reserved = {0, *range(1, k)}
+    reserved = {0}  # vLLM's null block
     assert not held_ids & (free | cached) and not reserved & (free | cached | held_ids)
     assert free | cached | held_ids | reserved == set(range(pool.num_gpu_blocks))
     assert q.num_free_blocks == len(free) + len(cached) == pool.get_num_free_blocks()
@@ -49,21 +50,21 @@ def owners_ok(pool, held):
 
 
 def test_slot_cached_then_hit_then_evicted_as_a_whole_run():
-    pool, slots = make_pool(40, 4)  # ids 0..3 reserved (slot 0 = null block); runs 1..9
+    pool, slots = make_pool(40, 4)  # id 0 is the null block (run 0 never holds a slot); runs 1..9
     (slot,) = slots.get_new_blocks(1)
-    assert slot.block_id == 36 and pool.get_num_free_blocks() == 40 - 4 - 4
+    assert slot.block_id == 36 and pool.get_num_free_blocks() == 40 - 1 - 4
     cache(pool, slot, "state@96")
     pool.free_blocks([slot])
-    assert pool.get_num_free_blocks() == 36 and pool.free_block_queue.lru == {36: 4}
+    assert pool.get_num_free_blocks() == 39 and pool.free_block_queue.lru == {36: 4}
     assert pool.get_cached_block(b"state@96", [0])[0] is slot
     pool.touch([slot])  # a hit: the slot leaves the LRU, its run stays held
-    assert pool.get_num_free_blocks() == 32 and slot.ref_cnt == 1
+    assert pool.get_num_free_blocks() == 35 and slot.ref_cnt == 1
     owners_ok(pool, [slot])
     pool.free_blocks([slot])
     # attention needs every uncached id and one more: the LRU slot is evicted and its whole run freed
-    attn = pool.get_new_blocks(33)
+    attn = pool.get_new_blocks(36)
     assert pool.free_block_queue.lru == {} and slot.block_hash is None
-    assert sorted(b.block_id for b in attn)[-1] == 36  # lowest ids first: 4..35, then 36 from the run
+    assert sorted(b.block_id for b in attn)[-1] == 36  # lowest ids first: 1..35, then 36 from the run
     owners_ok(pool, attn)
 
 
@@ -78,7 +79,7 @@ def test_lru_order_across_attention_and_state():
     pool.free_blocks(a)
     q = pool.free_block_queue
     assert list(q.lru) == [s.block_id, a[0].block_id, a[1].block_id]
-    # a new slot needs a free run: runs 1..4 are free except the one holding a[0], a[1] (ids 4, 5)
+    # a new slot needs a free run: runs 1..4 are free except run 0, which holds a[0], a[1] (ids 1, 2)
     got = [slots.get_new_blocks(1)[0] for _ in range(3)]
     assert s.block_hash is not None or s.block_id in [g.block_id for g in got]
     owners_ok(pool, got)
@@ -110,4 +111,4 @@ def test_random_against_invariants():
         owners_ok(pool, held)
     pool.free_blocks(held)
     assert pool.reset_prefix_cache()
-    assert not pool.free_block_queue.lru and pool.get_num_free_blocks() == 64 - 4
+    assert not pool.free_block_queue.lru and pool.get_num_free_blocks() == 64 - 1

@@ -154,13 +154,7 @@ class NaturalPlan:
     def fit(self, num_tokens: int) -> int:
         """Requests of ``num_tokens`` tokens the pool holds at once, before the max_num_seqs cap."""
         return requests_that_fit(self.num_blocks, self.state_slot_blocks, self.state_slots_per_request,
-                                 self.blocks_per_request(num_tokens), self.held_back_blocks)
-
-    @property
-    def held_back_blocks(self) -> int:
-        """Ids never handed out: the null block, and with prefix caching the rest of its run
-        (``kv_cache_coordinator._reserve_slot_zero``)."""
-        return self.state_slot_blocks if self.checkpoint_interval and self.state_slot_blocks else 1
+                                 self.blocks_per_request(num_tokens))
 
     def capacity(self, num_tokens: int) -> int:
         return min(self.max_num_seqs, self.fit(num_tokens))
@@ -224,13 +218,11 @@ class StageShape:
         return budget  # a stage without cache layers puts no limit
 
 
-def requests_that_fit(num_blocks: int, k: int, m: int, blocks_per_request: int, held_back: int = 1) -> int:
+def requests_that_fit(num_blocks: int, k: int, m: int, blocks_per_request: int) -> int:
     """Identical requests the plugin's free structure (``block_pool.FreeRuns``) holds at once: every id but
-    the ``held_back`` lowest (the null block 0; with prefix caching also ids ``1..k-1``, under the null
-    block's state page, which state tables' null entries address), and ``m`` slots each from the runs above
-    run 0 (which holds the null block). Attention takes the ids no run can use first, so it strands no run
-    it did not need."""
-    n = (num_blocks - held_back) // blocks_per_request
+    the null block 0, and ``m`` slots each from the runs above run 0 (which holds the null block). Attention
+    takes the ids no run can use first, so it strands no run it did not need."""
+    n = (num_blocks - 1) // blocks_per_request
     if m:
         n = min(n, (num_blocks // k - 1) // m)
     return max(0, n)

@@ -10,9 +10,11 @@ one (attention: lowest ids) and each ``MambaManager``'s class for a slot manager
 - "align" mode (prefix caching on): ``AlignSlotMambaManager``, vLLM's align logic unchanged (checkpoints
   every ``mamba_block_size`` = ``HYBRID_ALLOC_STATE_CHECKPOINT`` tokens plus the prompt's last
   attention-block boundary, hits where attention blocks and a state checkpoint both exist, copy-on-write of
-  partially hit states); block table entries are each slot's representative pool id ``s*k``; cached
-  attention blocks and cached slots share one LRU (``CachingFreeBlockQueue``), ids ``1..k-1`` are held
-  back so the null block's state page (index 0) overlaps nothing live.
+  partially hit states), one running slot per request, checkpoints kept by copies only where the pool can
+  spare them; block table entries are each slot's representative pool id ``s*k``; cached attention blocks
+  and cached slots share one LRU (``CachingFreeBlockQueue``). As in "none" mode, ids ``1..k-1`` serve
+  attention although the null block's state page (index 0) spans them: kernels skip null state entries,
+  and no step leaves a column the worker writes null (in-prefill checkpoints keep vLLM's allocation).
 """
 
 from __future__ import annotations
@@ -70,60 +72,75 @@ class AlignSlotMambaManager(MambaManager):
     counts live on the representative, the ``k - 1`` ids under it are held by the free structure while the
     slot is held or cached (``CachingFreeBlockQueue``).
 
-    Checkpoints are never charged. vLLM's align logic takes a fresh slot whenever a request's state moves
-    on past a checkpoint position (the old slot stays behind as the checkpoint, cached and evictable), one
-    for the copy that preserves a prompt's partial-tail checkpoint, and one for an in-prefill checkpoint;
-    a running request that cannot get them is preempted. Here those slots are optional: admission counts
-    only the running slot (and what a prefix hit touches), and a step takes them only where the pool can
-    spare them (``_can_spare``); otherwise the checkpoint is skipped: the running slot moves on in place
-    (``_continue_in_place``; its stale key is dropped first), so no request is ever preempted or refused
-    for a checkpoint and a later hit on that prefix recomputes from an earlier checkpoint. A step that runs
-    past a checkpoint position without ending there leaves no checkpoint (``cache_blocks``): the running
-    slot moves on in place."""
+    A running request keeps its one slot for good; checkpoints are copies, never charged. Where vLLM's
+    align logic takes a fresh slot (the step that moves a request's state past a checkpoint position, the
+    copy that keeps a prompt's partial-tail key), the running slot moves on in place
+    (``_continue_in_place``) and the checkpoint it holds, if any, is kept by a copy into a fresh slot made
+    at the end of the step's scheduling, after every admission, and only where the pool can spare it
+    (``take_pending_cow_copies``; the copy runs before the step's forward overwrites the running slot);
+    otherwise its key is dropped. The fresh slot is cached and evictable at once. So no request is refused
+    or preempted for a checkpoint, and a later hit on that prefix recomputes from an earlier checkpoint. A
+    step that runs past a checkpoint position without ending there leaves no checkpoint (``cache_blocks``).
+    A step with an in-prefill checkpoint block (GPU backends whose layers export one) is vLLM's, charged as
+    vLLM charges it."""
 
     slot_blocks: int  # k
-    step_blocks: int  # attention blocks one scheduler step may still add (its token budget / block)
+    kept: list  # (running slot, its key) whose checkpoint this step keeps by a copy if the pool can spare one
 
     def get_num_blocks_to_allocate(self, request_id, num_tokens, new_computed_blocks, *args, **kwargs) -> int:
         slots = super().get_num_blocks_to_allocate(request_id, num_tokens, new_computed_blocks, *args, **kwargs)
         if slots > self.block_pool.num_gpu_blocks:
             return slots  # MambaManager's own refusal
-        if kwargs.get("apply_admission_cap"):
-            required = slots  # the full-sequence gate: vLLM's count, no checkpoint decided yet
-        elif request_id in self._allocated_block_reqs:
-            required = 0  # a running request keeps its slot; whatever else it would take is a checkpoint
+        if request_id in self._allocated_block_reqs and not (
+            kwargs.get("apply_admission_cap") or request_id in self._checkpoints
+        ):
+            required = 0  # a running request keeps its slot; whatever else vLLM would take is a checkpoint
         else:
-            required = slots - int(request_id in self._checkpoints)  # new: running slot and prefix hit
+            required = slots  # vLLM's: the running slot, a prefix hit, an in-prefill checkpoint block
         if required > self.block_pool.free_block_queue.num_free_runs:
             return self.block_pool.num_gpu_blocks + 1  # no aligned run: refuse now
         return required * self.slot_blocks
 
-    def _can_spare(self, slots: int) -> bool:
-        """``slots`` checkpoint slots fit beside what the rest of this step may still need: a run each, and
-        the step's attention blocks plus one block per running request left free."""
+    def _can_spare(self, slots: int, reserve: int) -> bool:
+        """``slots`` fresh slots fit with ``reserve`` blocks left free."""
         pool = self.block_pool
         spare = pool.get_num_free_blocks() - slots * self.slot_blocks
-        return pool.free_block_queue.num_free_runs >= slots and spare >= self.step_blocks + len(self._allocated_block_reqs)
+        return pool.free_block_queue.num_free_runs >= slots and spare >= reserve
 
     def allocate_new_blocks(self, request_id: str, num_tokens: int, num_tokens_main_model: int) -> list:
+        if request_id in self._checkpoints:
+            # an in-prefill checkpoint (where the layer exports one, GPU backends): vLLM's step as charged,
+            # so the worker's export never lands in the null slot (whose page spans ids 0..k-1)
+            return super().allocate_new_blocks(request_id, num_tokens, num_tokens_main_model)
         blocks = self.req_to_blocks[request_id]
         running = request_id in self._allocated_block_reqs
         moves_on = running and cdiv(num_tokens_main_model, self.block_size) > len(blocks)
-        # moving to a fresh slot keeps a checkpoint only where the running slot holds one (a keyed state)
-        keeps = moves_on and blocks[-1].block_hash is not None
-        tail_copy = running and request_id in self._partial_hit_reqs
-        checkpoint = request_id in self._checkpoints
-        wanted = int(keeps) + int(tail_copy) + int(checkpoint)
-        if (keeps or not moves_on) and (not wanted or self._can_spare(wanted)):
-            return super().allocate_new_blocks(request_id, num_tokens, num_tokens_main_model)
-        self._checkpoints.pop(request_id, None)  # the worker's export then lands in the null slot
-        if tail_copy:  # the prompt's partial-tail checkpoint: its state is about to be overwritten
-            _, source = self._partial_hit_reqs.pop(request_id)
+        if running and request_id in self._partial_hit_reqs:  # the producer of a prompt's partial tail
+            _, slot = self._partial_hit_reqs.pop(request_id)
             self._producer_partial_tail_reqs.pop(request_id, None)
-            self.block_pool._maybe_evict_cached_block(source)
+            self.kept.append((slot, slot.block_hash))
+        elif moves_on and blocks[-1].block_hash is not None:
+            self.kept.append((blocks[-1], blocks[-1].block_hash))
         if moves_on:
             return self._continue_in_place(request_id, num_tokens_main_model)
         return super().allocate_new_blocks(request_id, num_tokens, num_tokens_main_model)
+
+    def take_pending_cow_copies(self) -> list:
+        """Called once per step after all scheduling: keep each checkpoint a running slot holds by a copy
+        into a fresh slot, with one block per running request left free for the next step; otherwise drop
+        its key. A key replaced since (the slot re-keyed for this step's chunk end) is left alone."""
+        for slot, key in self.kept:
+            if slot.block_hash is not key:
+                continue
+            if self._can_spare(1, len(self._allocated_block_reqs)):
+                [copy] = self.block_pool.get_new_blocks(1)
+                self.block_pool.move_block_hashes(slot, copy)
+                self._pending_cow_copies.append((slot, copy))  # both retained until the copy has run
+                slot.ref_cnt += 1
+            else:
+                self.block_pool._maybe_evict_cached_block(slot)
+        self.kept.clear()
+        return super().take_pending_cow_copies()
 
     def cache_blocks(self, request, num_tokens: int, *args, **kwargs) -> None:
         """vLLM keys every state block that became full by this step's chunk end; a block holds the state at
@@ -140,13 +157,11 @@ class AlignSlotMambaManager(MambaManager):
 
     def _continue_in_place(self, request_id: str, num_tokens_main_model: int) -> list:
         """The running slot moves to the column of this step's state (``cdiv(end, B) - 1``) instead of a
-        fresh slot: its old column becomes null (no checkpoint left there) and its key, naming the state
-        it is about to overwrite, is dropped. The worker's table is append-only: it sees the nulls and the
-        same block again, and its pre-forward copy (old column -> new) copies the slot onto itself."""
+        fresh slot: its old column becomes null. The worker's table is append-only: it sees the nulls and
+        the same block again, and its pre-forward copy (old column -> new) copies the slot onto itself."""
         blocks = self.req_to_blocks[request_id]
         prev = len(blocks) - 1
         slot = blocks[prev]
-        self.block_pool._maybe_evict_cached_block(slot)
         self.last_state_block_idx[request_id] = prev
         blocks[prev] = self._null_block
         blocks.extend([self._null_block] * (cdiv(num_tokens_main_model, self.block_size) - 1 - len(blocks)))
@@ -154,18 +169,13 @@ class AlignSlotMambaManager(MambaManager):
         return blocks[prev + 1:]
 
 
-def _reset_prefix_cache(reset, pool, k: int):
-    """The pool's ``reset_prefix_cache`` with ids ``1..k-1`` held for good (``_reserve_slot_zero``)."""
-    queue = pool.free_block_queue
+def _reset_prefix_cache(reset, pool):
+    """The pool's ``reset_prefix_cache``, then the free structure's LRU emptied (its units lost their keys)."""
 
     def reset_prefix_cache() -> bool:
-        queue.num_cached_free += k - 1  # the reserved ids are not "used" in vLLM's all-free check
-        try:
-            ok = reset()
-        finally:
-            queue.num_cached_free -= k - 1
+        ok = reset()
         if ok:
-            queue.flush()
+            pool.free_block_queue.flush()
         return ok
 
     return reset_prefix_cache
@@ -185,20 +195,10 @@ SWAPS = {
 }
 
 
-def _reserve_slot_zero(pool, k: int) -> None:
-    """Block 0 is vLLM's null block, and null entries of a state block table address state index 0, whose
-    page spans ids ``[0, k)``: hold ids ``1..k-1`` for good so no attention block shares that memory."""
-    queue = pool.free_block_queue
-    for i in range(1, k):
-        queue.remove(pool.blocks[i])
-        pool.blocks[i].ref_cnt = 1
-    patching.swap(pool, SWAPS["reset_prefix_cache"], k)
-
-
-def use_slots(coordinator, k: int, step_blocks: int) -> None:
+def use_slots(coordinator, k: int) -> None:
     pool = coordinator.block_pool
     if pool.enable_caching:
-        return use_align_slots(coordinator, k, step_blocks)
+        return use_align_slots(coordinator, k)
     patching.swap(pool, SWAPS["ordered_queue"], k)
     for manager in coordinator.single_type_managers:
         if isinstance(manager, MambaManager):
@@ -208,16 +208,16 @@ def use_slots(coordinator, k: int, step_blocks: int) -> None:
             manager.slot_pool_blocks = defaultdict(list)
 
 
-def use_align_slots(coordinator, k: int, step_blocks: int) -> None:
+def use_align_slots(coordinator, k: int) -> None:
     pool = coordinator.block_pool
     patching.swap(pool, SWAPS["caching_queue"], k)
-    _reserve_slot_zero(pool, k)
+    patching.swap(pool, SWAPS["reset_prefix_cache"])
     for manager in coordinator.single_type_managers:
         if isinstance(manager, MambaManager):
             assert manager.mamba_cache_mode == "align" and manager.num_speculative_blocks == 0
             patching.swap(manager, SWAPS["align_slot_manager"], k)
             manager.slot_blocks = k
-            manager.step_blocks = step_blocks
+            manager.kept = []
             patching.swap(manager, SWAPS["slot_pool"])
 
 
@@ -225,7 +225,7 @@ def _get_kv_cache_coordinator(original):
     def get_kv_cache_coordinator(kv_cache_config, *args, **kwargs):
         coordinator = original(kv_cache_config, *args, **kwargs)
         if isinstance(kv_cache_config, NaturalKVCacheConfig):
-            use_slots(coordinator, kv_cache_config.slot_blocks, kv_cache_config.step_blocks)
+            use_slots(coordinator, kv_cache_config.slot_blocks)
         return coordinator
 
     return get_kv_cache_coordinator

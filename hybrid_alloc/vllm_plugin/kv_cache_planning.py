@@ -25,7 +25,6 @@ import importlib
 from dataclasses import replace
 from functools import partial
 
-from vllm.utils.math_utils import cdiv
 from vllm.v1.kv_cache_interface import (
     FullAttentionSpec,
     KVCacheGroupSpec,
@@ -103,9 +102,7 @@ def plan(vllm_config, kv_cache_specs: list[dict], available_memory: list[int]) -
     configs = [_worker_config(vllm_config, w, shape, state_specs, num_blocks, k, checkpoint)
                for w, shape in zip(kv_cache_specs, shapes)]
     need = configs[0].blocks_per_request(max_len)
-    # BlockPool holds block 0 back (the null block); in "align" mode the rest of its run too
-    # (kv_cache_coordinator._reserve_slot_zero; the planner's NaturalPlan.held_back_blocks)
-    usable = num_blocks - (k if checkpoint is not None else 1)
+    usable = num_blocks - 1  # BlockPool holds block 0 back (the null block)
     if need > usable:
         raise ValueError(
             f"hybrid-alloc: one request of max_model_len={max_len} needs {need} blocks of {shapes[0].block} "
@@ -149,7 +146,6 @@ def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num
         slot_blocks=k,
         num_state_groups=len(state_specs),
         state_ids_are_block_ids=align,
-        step_blocks=cdiv(vllm_config.scheduler_config.max_num_batched_tokens, shape.block),
     )
     config.kv_tp_replicas = kv_cache_groups_tp_replicas(
         groups, vllm_config.parallel_config.tensor_parallel_size, vllm_config.parallel_config.decode_context_parallel_size

@@ -22,7 +22,6 @@ class NaturalKVCacheConfig(KVCacheConfig):
     # "align" mode (prefix caching on): state block tables hold each slot's representative pool id s*k,
     # so state views are indexed by pool id at the attention page stride (index s*k = slot s)
     state_ids_are_block_ids: bool = False
-    step_blocks: int = 0  # attention blocks one scheduler step may add (its token budget / block)
 
     def num_blocks_of(self, tensor: KVCacheTensor) -> int:
         # Overrides KVCacheConfig.num_blocks_of for the views that allocate_kv_cache builds: state layers

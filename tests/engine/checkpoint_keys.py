@@ -201,18 +201,29 @@ class RecordingWorker:
             self.content[b] = ()
         for src, dst in out.kv_cache_block_copies or ():
             self.content[dst] = self.content.get(src)
-        req_ids, sampled = [], []
+        # preprocess_mamba copies every request's previous state into its new column before the forward
+        # (one batch), then the kernels read and write each request's current column
+        plan = []
         for r, n in out.num_scheduled_tokens.items():
             req = self.scheduler.requests[r]
             c = computed[r]
-            tokens = tuple(req.all_token_ids[: c + n])
             curr = cdiv(c + n, self.B) - 1
             prev = self.state_idx.get(r, (c - 1) // self.B)
             self.state_idx[r] = curr
+            plan.append((r, req, c, n, curr))
+            if prev != -1 and prev != curr:
+                copied = [(table[curr], self.content.get(table[prev])) for table in self.tables[r]]
+                self.in_place += sum(table[prev] == table[curr] for table in self.tables[r])
+                plan[-1] += (copied,)
+            else:
+                plan[-1] += ([],)
+        for *_, copied in plan:
+            for block, held in copied:
+                self.content[block] = held
+        req_ids, sampled = [], []
+        for r, req, c, n, curr, _ in plan:
+            tokens = tuple(req.all_token_ids[: c + n])
             for table in self.tables[r]:
-                if prev != -1 and prev != curr:  # preprocess_mamba: copy the previous state into the new column
-                    self.in_place += table[prev] == table[curr]
-                    self.content[table[curr]] = self.content.get(table[prev])
                 block = table[curr]
                 if c > 0 and self.content.get(block) != tokens[:c]:  # the kernel's initial state
                     held = self.content.get(block)
