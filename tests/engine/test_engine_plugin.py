@@ -11,7 +11,7 @@ import os
 import pytest
 
 from harness import run
-from workloads import BUDGET, LONG, SHORT, spec
+from workloads import LONG, SHORT, natural_plan, spec
 
 from hybrid_alloc.validation.reconcile import load_report
 
@@ -57,21 +57,6 @@ def assert_capacity(stock, plugin) -> None:
     assert p_short["steps"] < s_short["steps"]
     assert p_long["steps"] <= all_at_once(LONG) and s_long["steps"] <= all_at_once(LONG)
     assert p_short["preemptions"] == p_long["preemptions"] == 0
-
-
-def natural_plan(model_dir: str, pp: int = 1, budget: int = BUDGET, dtype: str = "float32"):
-    """The trace's natural plan (hybrid_alloc.planner) for the engine's settings: the CPU backend, 'none'
-    mode, max_model_len 1024 (run_engine.py), ``--dtype``, ``budget`` on every stage."""
-    from hybrid_alloc.models import load_layout
-    from hybrid_alloc.planner.hardware import get_hardware
-    from hybrid_alloc.planner.natural import plan_natural
-    from hybrid_alloc.planner.settings import Settings
-
-    settings = Settings(
-        hardware="cpu", vllm_version="0.32", pp=pp, kv_cache_memory=budget,
-        max_model_len=1024, prefix_caching=False,
-    )
-    return plan_natural(load_layout(model_dir, dtype=dtype), settings, [budget] * pp, get_hardware("cpu"))
 
 
 def test_mamba2_natural_block_size_and_slot(mamba2, model):

@@ -296,6 +296,57 @@ def case_vllm_global() -> None:
     print("CUDA graph capture under global mode: capture, replay and tokens OK")
 
 
+def case_vllm_ray_pp2() -> None:
+    """PP=2 over two GPUs with vLLM's Ray executor (issue 15), stock then the plugin, on a Ray cluster started
+    without HYBRID_ALLOC (``ray start --head``, as on a node the user did not prepare; ``$RAY_ADDRESS``): the
+    workers get ``HYBRID_ALLOC``, the report folder, the backend and ``PYTHONPATH`` (the entry point) only through
+    the driver's ``runtime_env`` env_vars (run_engine.py's ``ray_env_vars``). Every stage's worker must load the
+    plugin (its startup report), allocate the engine core's plan for its stage, and the tokens must be stock's."""
+    try:
+        import ray  # noqa: F401
+        import torch
+        import vllm  # noqa: F401
+    except ImportError as e:
+        _unsupported(f"vLLM or Ray is not importable here ({e})")
+    if torch.cuda.device_count() < 2:
+        _unsupported(f"{torch.cuda.device_count()} GPU(s): PP=2 needs two")
+    if not os.environ.get("RAY_ADDRESS"):
+        _unsupported("no Ray cluster: set RAY_ADDRESS (tools/gpu_check.sh starts one)")
+    import random
+    import tempfile
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "engine"))
+    import harness
+
+    from hybrid_alloc.validation.reconcile import load_report
+
+    rng = random.Random(15)
+    workload = {"prompts": [[rng.randrange(3, 500) for _ in range(n)] for n in (20, 40, 70, 130)], "max_tokens": 8}
+    with tempfile.TemporaryDirectory(prefix="hybrid-alloc-gpu-") as root:
+        model = harness.build_model("mamba2", os.path.join(root, "models"))
+        spec = {
+            "model": model,
+            "engine": {"dtype": "bfloat16", "kv_cache_memory_bytes": 64 * MiB, "pipeline_parallel_size": 2,
+                       "distributed_executor_backend": "ray", "max_num_seqs": 8},
+            "workloads": [workload],
+            "ray_env_vars": ["HYBRID_ALLOC", "HYBRID_ALLOC_REPORT_DIR", "HYBRID_ALLOC_BACKEND", "PYTHONPATH"],
+        }
+        env = {"HYBRID_ALLOC_BACKEND": "cuda"}
+        stock = harness.run(root, spec, plugin=False, env=env, timeout=420)
+        plugin = harness.run(root, spec, plugin=True, env=env, timeout=420)
+        print("\n".join("  " + line for line in plugin.log))
+        assert plugin.lines("leaving vLLM stock") == [], plugin.log
+        assert plugin.workloads[0]["tokens"] == stock.workloads[0]["tokens"], "the plugin changed tokens under Ray PP=2"
+        names = sorted(os.listdir(plugin.report_dir)) if os.path.isdir(plugin.report_dir) else []
+        assert [n.split("-pid")[0] for n in names] == ["worker-pp0-tp0", "worker-pp1-tp0"], names
+        for stage, name in enumerate(names):
+            report = load_report(os.path.join(plugin.report_dir, name))
+            (line,) = plugin.lines(f"hybrid-alloc: stage {stage}: ")  # the engine core's plan for this stage
+            planned = int(line.split(": ")[2].split()[0])
+            assert report.plan_tags == report.allocator_tags == {"kv_cache": planned}, (name, report.allocator_tags, line)
+            print(f"stage {stage}: {planned} bytes of KV cache planned and allocated ({name})")
+
+
 CASES = {n[len("case_"):]: f for n, f in globals().items() if n.startswith("case_")}
 
 

@@ -36,3 +36,9 @@ def test_plugin_kv_buffer_is_an_arena_slab(run_case):
 def test_vllm_engine_global_mode(run_case):
     """Issue 6: a tiny vLLM engine in global mode, eager and with CUDA graphs (three engine starts)."""
     print(run_case("vllm_global", timeout=1500))
+
+
+def test_vllm_engine_ray_pp2(run_case):
+    """Issue 15: PP=2 over two GPUs with vLLM's Ray executor, stock and plugin, the plugin's variables through
+    runtime_env (needs 2+ GPUs, Ray and a running cluster in $RAY_ADDRESS: tools/gpu_check.sh starts one)."""
+    print(run_case("vllm_ray_pp2", timeout=900))
