@@ -58,6 +58,8 @@ _PRIVATE_NAMES = (
     "vllm.v1.core.block_pool:BlockPool._reuse_watchers",
     "vllm.v1.core.block_pool:BlockPool._notify_reuse",
     "vllm.v1.core.block_pool:BlockPool._maybe_evict_cached_block",
+    "vllm.v1.core.block_pool:BlockPool._remove_cached_block_hashes",
+    "vllm.v1.core.block_pool:BlockPool._insert_block_hash",
 )
 
 

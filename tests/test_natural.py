@@ -248,12 +248,13 @@ def test_natural_request_holds_one_running_slot_per_token_in_flight(prefix_cachi
 
 @pytest.mark.parametrize(
     "k, block, interval",
-    [(1, 16, 16), (2, 16, 32), (3, 16, 64), (99, 16, 2048), (128, 16, 2048), (129, 16, 4096), (5, 32, 256),
-     (0, 16, 16), (1, 48, 96), (3, 48, 288)],
+    [(1, 16, 256), (16, 16, 256), (17, 16, 512), (99, 16, 2048), (128, 16, 2048), (129, 16, 4096),
+     (5, 32, 512), (0, 16, 256), (1, 48, 768), (20, 48, 1056), (3, 32, 512)],
 )
 def test_checkpoint_interval_is_k_blocks_rounded_up_to_a_power_of_two(k, block, interval):
+    """At least 16 blocks (planner.checkpoints.MIN_BLOCKS); a power of two rounded up to the block."""
     assert checkpoint_interval_tokens(k, block) == interval
-    assert interval % block == 0 and interval >= max(1, k) * block
+    assert interval % block == 0 and interval >= max(1, k, 16) * block
 
 
 def test_checkpoint_interval_in_the_plan_only_with_prefix_caching():

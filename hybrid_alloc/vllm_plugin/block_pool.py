@@ -222,6 +222,12 @@ class CachingFreeBlockQueue(OrderedFreeBlockQueue):
     def num_free_runs(self) -> int:
         return self.num_avail_runs
 
+    def free_runs_besides(self, blocks) -> int:
+        """Aligned runs free or evictable that stay so once ``blocks`` (prefix-cache hits about to be
+        touched, of any group) leave the LRU: a touched unit makes its run unavailable."""
+        runs = {b.block_id // self.k for b in blocks if b.block_id in self.lru}
+        return self.num_avail_runs - sum(1 for s in runs if s < len(self.avail) and self.avail[s] == self.k)
+
     def _release_ids(self, ids) -> None:
         """Ids of a unit that stopped being cached (evicted) go to the uncached free set."""
         for i in ids:

@@ -1,7 +1,8 @@
 """The state checkpoint interval of "align" mode (prefix caching on): ``HYBRID_ALLOC_STATE_CHECKPOINT``.
 
-``block_size`` sets vLLM's ``mamba_block_size`` to it; ``kv_cache_coordinator``'s align-mode managers
-checkpoint a request's state every that many tokens. The default is the trace's
+``block_size`` sets vLLM's ``mamba_block_size`` to a provisional value in each worker; ``kv_cache_planning``
+sets the state groups' block to the interval for the plan's ``k``; ``kv_cache_coordinator``'s align-mode
+managers checkpoint a request's state every that many tokens. The default is the trace's
 (``hybrid_alloc.planner.checkpoints.checkpoint_interval_tokens``): ``k`` blocks rounded up to a power of two.
 """
 
@@ -14,9 +15,10 @@ from hybrid_alloc.planner.checkpoints import checkpoint_interval_tokens
 from . import log
 
 ENV = "HYBRID_ALLOC_STATE_CHECKPOINT"
-# The slot size block_size passes: a worker sets mamba_block_size before its KV cache specs exist, while
-# the plan's k is chosen in the engine core from every stage's specs and budget, after them. 16 blocks
-# keeps the interval the plugin has run with (256 tokens at 16-token blocks, 512 on CPU).
+# The slot size block_size passes for a provisional interval: a worker sets mamba_block_size before its KV
+# cache specs exist, while the plan's k is chosen in the engine core from every stage's specs and budget,
+# after them; the engine core then gives the state groups it sends back to the workers the interval for
+# the plan's k (kv_cache_planning.plan).
 WORKER_SLOT_BLOCKS = 16
 
 

@@ -23,6 +23,7 @@ from collections import defaultdict
 
 from vllm.utils.math_utils import cdiv
 from vllm.v1.core.block_pool import BlockPool
+from vllm.v1.core.kv_cache_coordinator import KVCacheCoordinator
 from vllm.v1.core.kv_cache_utils import KVCacheBlock
 from vllm.v1.core.single_type_kv_cache_manager import MambaManager
 
@@ -75,17 +76,18 @@ class AlignSlotMambaManager(MambaManager):
     A running request keeps its one slot for good; checkpoints are copies, never charged. Where vLLM's
     align logic takes a fresh slot (the step that moves a request's state past a checkpoint position, the
     copy that keeps a prompt's partial-tail key), the running slot moves on in place
-    (``_continue_in_place``) and the checkpoint it holds, if any, is kept by a copy into a fresh slot made
-    at the end of the step's scheduling, after every admission, and only where the pool can spare it
-    (``take_pending_cow_copies``; the copy runs before the step's forward overwrites the running slot);
-    otherwise its key is dropped. The fresh slot is cached and evictable at once. So no request is refused
+    (``_continue_in_place``) and the checkpoint it holds, if any, loses its keys (``_detach``) and is kept
+    by a copy into a fresh slot under them, made at the end of the step's scheduling, after every
+    admission, and only where the pool can spare it (``take_pending_cow_copies``; the copy runs before the
+    step's forward overwrites the running slot); otherwise it is dropped. The fresh slot is cached and evictable at once. So no request is refused
     or preempted for a checkpoint, and a later hit on that prefix recomputes from an earlier checkpoint. A
     step that runs past a checkpoint position without ending there leaves no checkpoint (``cache_blocks``).
     A step with an in-prefill checkpoint block (GPU backends whose layers export one) is vLLM's, charged as
     vLLM charges it."""
 
     slot_blocks: int  # k
-    kept: list  # (running slot, its key) whose checkpoint this step keeps by a copy if the pool can spare one
+    kept: list  # (running slot, its detached keys, their token count): checkpoints this step copies if it can
+    coordinator_hits: list  # the prefix-cache hits (every group) of the request being counted
 
     def get_num_blocks_to_allocate(self, request_id, num_tokens, new_computed_blocks, *args, **kwargs) -> int:
         slots = super().get_num_blocks_to_allocate(request_id, num_tokens, new_computed_blocks, *args, **kwargs)
@@ -97,7 +99,10 @@ class AlignSlotMambaManager(MambaManager):
             required = 0  # a running request keeps its slot; whatever else vLLM would take is a checkpoint
         else:
             required = slots  # vLLM's: the running slot, a prefix hit, an in-prefill checkpoint block
-        if required > self.block_pool.free_block_queue.num_free_runs:
+        # the new slots need aligned runs that the request's own hits (touched first, every group) leave
+        queue = self.block_pool.free_block_queue
+        new_slots = required - self._get_num_evictable_blocks(new_computed_blocks)
+        if new_slots > queue.free_runs_besides(self.coordinator_hits):
             return self.block_pool.num_gpu_blocks + 1  # no aligned run: refuse now
         return required * self.slot_blocks
 
@@ -118,27 +123,33 @@ class AlignSlotMambaManager(MambaManager):
         if running and request_id in self._partial_hit_reqs:  # the producer of a prompt's partial tail
             _, slot = self._partial_hit_reqs.pop(request_id)
             self._producer_partial_tail_reqs.pop(request_id, None)
-            self.kept.append((slot, slot.block_hash))
-        elif moves_on and blocks[-1].block_hash is not None:
-            self.kept.append((blocks[-1], blocks[-1].block_hash))
+            self._detach(slot)
+        elif moves_on:
+            self._detach(blocks[-1])
         if moves_on:
             return self._continue_in_place(request_id, num_tokens_main_model)
         return super().allocate_new_blocks(request_id, num_tokens, num_tokens_main_model)
 
+    def _detach(self, slot) -> None:
+        """The running slot's keys name the state it holds now, which this step's forward overwrites: take
+        them off it (a same-step hit has already queued its copy) and keep them for ``take_pending_cow_copies``."""
+        num_tokens = slot.block_hash_num_tokens
+        keys = self.block_pool._remove_cached_block_hashes(slot)
+        if keys:
+            self.kept.append((slot, keys, num_tokens))
+
     def take_pending_cow_copies(self) -> list:
-        """Called once per step after all scheduling: keep each checkpoint a running slot holds by a copy
-        into a fresh slot, with one block per running request left free for the next step; otherwise drop
-        its key. A key replaced since (the slot re-keyed for this step's chunk end) is left alone."""
-        for slot, key in self.kept:
-            if slot.block_hash is not key:
+        """Called once per step after all scheduling: each detached checkpoint gets a fresh slot holding a
+        copy of the running slot (made before this step's forward) under its keys, where a run is free
+        beside one block per running request for the next step; otherwise it is dropped."""
+        for slot, keys, num_tokens in self.kept:
+            if not self._can_spare(1, len(self._allocated_block_reqs)):
                 continue
-            if self._can_spare(1, len(self._allocated_block_reqs)):
-                [copy] = self.block_pool.get_new_blocks(1)
-                self.block_pool.move_block_hashes(slot, copy)
-                self._pending_cow_copies.append((slot, copy))  # both retained until the copy has run
-                slot.ref_cnt += 1
-            else:
-                self.block_pool._maybe_evict_cached_block(slot)
+            [copy] = self.block_pool.get_new_blocks(1)
+            for key in keys:
+                self.block_pool._insert_block_hash(key, copy, num_tokens)
+            self._pending_cow_copies.append((slot, copy))  # both retained until the copy has run
+            slot.ref_cnt += 1
         self.kept.clear()
         return super().take_pending_cow_copies()
 
@@ -181,6 +192,24 @@ def _reset_prefix_cache(reset, pool):
     return reset_prefix_cache
 
 
+def _count_with_hits(count, coordinator):
+    """The coordinator's ``get_num_blocks_to_allocate`` with the request's hits of every group shown to the
+    state managers, whose aligned-run check must leave out the runs those hits are about to take."""
+    managers = [m for m in coordinator.single_type_managers if isinstance(m, AlignSlotMambaManager)]
+
+    def get_num_blocks_to_allocate(*args, **kwargs):
+        hits = [b for group in kwargs.get("new_computed_blocks", ()) for b in group if not b.is_null]
+        for m in managers:
+            m.coordinator_hits = hits
+        try:
+            return count(*args, **kwargs)
+        finally:
+            for m in managers:
+                m.coordinator_hits = []
+
+    return get_num_blocks_to_allocate
+
+
 # The live objects of a natural coordinator, swapped by use_slots / use_align_slots (patching.swap)
 SWAPS = {
     "ordered_queue": Swap(BlockPool, "free_block_queue",
@@ -188,6 +217,7 @@ SWAPS = {
     "caching_queue": Swap(BlockPool, "free_block_queue",
                           lambda queue, pool, k: CachingFreeBlockQueue(pool, k, queue.get_all_free_blocks())),
     "reset_prefix_cache": Swap(BlockPool, "reset_prefix_cache", _reset_prefix_cache),
+    "count_with_hits": Swap(KVCacheCoordinator, "get_num_blocks_to_allocate", _count_with_hits),
     # same state, slot-aware allocation
     "slot_manager": Swap(MambaManager, "__class__", lambda cls, manager, k: SlotMambaManager),
     "align_slot_manager": Swap(MambaManager, "__class__", lambda cls, manager, k: AlignSlotMambaManager),
@@ -218,7 +248,9 @@ def use_align_slots(coordinator, k: int) -> None:
             patching.swap(manager, SWAPS["align_slot_manager"], k)
             manager.slot_blocks = k
             manager.kept = []
+            manager.coordinator_hits = []
             patching.swap(manager, SWAPS["slot_pool"])
+    patching.swap(coordinator, SWAPS["count_with_hits"])
 
 
 def _get_kv_cache_coordinator(original):

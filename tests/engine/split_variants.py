@@ -11,9 +11,8 @@ the engine core sets it to the attention block, and on CPU ``EngineCoreProc`` re
 - ``attention_floor``: floor to the attention group's block (the engine core's value where no platform hook
   resets it): chunks run past checkpoint positions;
 - ``state_floor``: floor to the state group's block, the checkpoint interval;
-- ``unchecked_attention_floor``: ``attention_floor`` with the plugin's key check removed
-  (``AlignSlotMambaManager.cache_blocks``, which keys only state blocks a chunk ended on): the deliberately
-  broken variant.
+- ``uncopied_checkpoints``: the plugin's split, but a kept checkpoint's key moves to a fresh slot without the
+  copy (``AlignSlotMambaManager.take_pending_cow_copies`` broken): the deliberately broken variant.
 """
 
 from __future__ import annotations
@@ -60,10 +59,11 @@ def apply(how: str):
     """Replace the split; returns a function that restores the one in place before."""
     from vllm.v1.core.sched.scheduler import Scheduler
 
-    if how not in ("attention_floor", "state_floor", "unchecked_attention_floor"):
+    if how == "uncopied_checkpoints":
+        return _uncopied_checkpoints()
+    if how not in ("attention_floor", "state_floor"):
         raise ValueError(f"{ENV}={how!r}")
     before = vars(Scheduler)["_mamba_block_aligned_split"]
-    unchecked = how.startswith("unchecked_")
     vllm_split = _vllm_split()
 
     def split(self, request, num_new_tokens, *args, **kwargs):
@@ -75,16 +75,34 @@ def apply(how: str):
             self.cache_config = cache_config
 
     Scheduler._mamba_block_aligned_split = split
-    if unchecked:
-        from hybrid_alloc.vllm_plugin.kv_cache_coordinator import AlignSlotMambaManager
-
-        check = vars(AlignSlotMambaManager)["cache_blocks"]
-        del AlignSlotMambaManager.cache_blocks  # MambaManager's: every full state block keyed
 
     def restore():
         Scheduler._mamba_block_aligned_split = before
-        if unchecked:
-            AlignSlotMambaManager.cache_blocks = check
+
+    return restore
+
+
+def _uncopied_checkpoints():
+    """Keep checkpoints as the plugin does, but never queue the copy: the key lands on a slot that holds
+    whatever it held before."""
+    from hybrid_alloc.vllm_plugin.kv_cache_coordinator import AlignSlotMambaManager, MambaManager
+
+    before = vars(AlignSlotMambaManager)["take_pending_cow_copies"]
+
+    def take_pending_cow_copies(self):
+        for slot, keys, num_tokens in self.kept:
+            if self._can_spare(1, len(self._allocated_block_reqs)):
+                [copy] = self.block_pool.get_new_blocks(1)
+                for key in keys:
+                    self.block_pool._insert_block_hash(key, copy, num_tokens)
+                self.block_pool.free_blocks([copy])  # cached, keyed, never written
+        self.kept.clear()
+        return MambaManager.take_pending_cow_copies(self)
+
+    AlignSlotMambaManager.take_pending_cow_copies = take_pending_cow_copies
+
+    def restore():
+        AlignSlotMambaManager.take_pending_cow_copies = before
 
     return restore
 

