@@ -79,9 +79,10 @@ class AlignSlotMambaManager(MambaManager):
     (``_continue_in_place``) and the checkpoint it holds, if any, loses its keys (``_detach``) and is kept
     by a copy into a fresh slot under them, made at the end of the step's scheduling, after every
     admission, and only where the pool can spare it (``take_pending_cow_copies``; the copy runs before the
-    step's forward overwrites the running slot); otherwise it is dropped. The fresh slot is cached and evictable at once. So no request is refused
-    or preempted for a checkpoint, and a later hit on that prefix recomputes from an earlier checkpoint. A
-    step that runs past a checkpoint position without ending there leaves no checkpoint (``cache_blocks``).
+    step's forward overwrites the running slot); otherwise it is dropped. The fresh slot is cached and
+    evictable at once. So no request is refused or preempted for a checkpoint, and a later hit on that
+    prefix recomputes from an earlier checkpoint. A step that runs past a checkpoint position without ending
+    there leaves no checkpoint (``cache_blocks``).
     A step with an in-prefill checkpoint block (GPU backends whose layers export one) is vLLM's, charged as
     vLLM charges it."""
 
@@ -106,11 +107,11 @@ class AlignSlotMambaManager(MambaManager):
             return self.block_pool.num_gpu_blocks + 1  # no aligned run: refuse now
         return required * self.slot_blocks
 
-    def _can_spare(self, slots: int, reserve: int) -> bool:
-        """``slots`` fresh slots fit with ``reserve`` blocks left free."""
+    def _can_spare_slot(self) -> bool:
+        """A fresh slot fits with one block per running request left free for the next step."""
         pool = self.block_pool
-        spare = pool.get_num_free_blocks() - slots * self.slot_blocks
-        return pool.free_block_queue.num_free_runs >= slots and spare >= reserve
+        spare = pool.get_num_free_blocks() - self.slot_blocks
+        return pool.free_block_queue.num_free_runs >= 1 and spare >= len(self._allocated_block_reqs)
 
     def allocate_new_blocks(self, request_id: str, num_tokens: int, num_tokens_main_model: int) -> list:
         if request_id in self._checkpoints:
@@ -143,7 +144,7 @@ class AlignSlotMambaManager(MambaManager):
         copy of the running slot (made before this step's forward) under its keys, where a run is free
         beside one block per running request for the next step; otherwise it is dropped."""
         for slot, keys, num_tokens in self.kept:
-            if not self._can_spare(1, len(self._allocated_block_reqs)):
+            if not self._can_spare_slot():
                 continue
             [copy] = self.block_pool.get_new_blocks(1)
             for key in keys:
