@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from hybrid_alloc.cli import build_parser, trace_settings
+from hybrid_alloc.errors import UserError
 from hybrid_alloc.models import load_layout
 from hybrid_alloc.models.bundled import bundled_files, bundled_models
 from hybrid_alloc.planner.comparison import LayoutComparison, compare_model
@@ -66,12 +67,23 @@ def test_natural_holds_the_physical_need_on_every_bundled_config(model):
             assert c.natural >= 0.95 * c.physical or (c.physical < 20 and c.natural >= c.physical - 1), c
 
 
-@pytest.mark.parametrize("pp", [1, 3])
+@pytest.mark.parametrize("prefix_caching", ["--prefix-caching", "--no-prefix-caching"])
+@pytest.mark.parametrize("pp", [1, 2, 3])
 @pytest.mark.parametrize("model", list(bundled_models()))
-def test_natural_never_below_stock_with_prefix_caching(model, pp):
-    """Issue 13 item 4, with prefix caching on: at every length the trace reports and in vLLM's concurrency."""
+def test_natural_never_below_stock(model, pp, prefix_caching):
+    """Issue 13 item 4: at every length the trace reports and in vLLM's concurrency, on small and large budgets.
+    Before state regions (``StageShape.placement``), 34 such cases with prefix caching off at PP 2-3 fell below
+    stock (Qwen3.5-9B, PP=3, 3 GiB: 115 vs 123 requests of 512 tokens)."""
     model_len = min(32768, load_layout(model).max_position_embeddings)
-    t = trace(model, "--hardware", "rtx3060", "--kv-cache-memory", "8GiB", "--max-model-len", str(model_len),
-              "--pp", str(pp))
-    assert all(c.natural >= c.stock for c in t.capacities), [(c.num_tokens, c.stock, c.natural) for c in t.capacities]
-    assert t.natural.max_concurrency >= t.stock.max_concurrency
+    for memory in ("3GiB", "8GiB", "20GiB"):
+        try:
+            t = trace(model, "--hardware", "rtx3060", "--kv-cache-memory", memory, "--max-model-len", str(model_len),
+                      "--pp", str(pp), prefix_caching)
+        except UserError as refusal:  # stock vLLM refuses: the trace says so (test_cli)
+            assert "not even one request" in str(refusal)
+            continue
+        if t.stock.error:
+            continue  # not even one request fits stock: nothing to be below
+        case = (memory, [(c.num_tokens, c.stock, c.natural) for c in t.capacities])
+        assert all(c.natural >= c.stock for c in t.capacities), case
+        assert t.natural.max_concurrency >= t.stock.max_concurrency, (case, t.stock.max_concurrency, t.natural.max_concurrency)

@@ -266,3 +266,43 @@ def test_checkpoint_interval_in_the_plan_only_with_prefix_caching():
     assert off.checkpoint_bytes == 0
     attention_only = plan_natural(hand_layout("A" * 4), Settings(), [2**28], GPU)
     assert attention_only.checkpoint_interval is None and attention_only.checkpoint_bytes == 0
+
+
+def simulate_region_bytes_per_block(layers, block: int, k: int) -> int:
+    """Bytes per block id of a stage that keeps, in each attention tensor, the state pages k natural pages
+    hold (dealt one by one, at most r each) and stacks the rest in a state region of a whole number of
+    256-byte units per block id (the smallest whose k units hold them)."""
+    attention = [layer for layer in layers if layer.is_attention]
+    states = [layer.state_page_bytes for layer in layers if layer.is_state]
+    page, biggest = block * attention[0].kv_bytes_per_token("bfloat16"), max(states)
+    r = -(-len(states) // len(attention))
+    room = [min(r, k * page // biggest) for _ in attention]
+    rest = max(0, len(states) - sum(room))
+    return len(attention) * page + 256 * smallest(lambda units: k * 256 * units >= rest * biggest)
+
+
+def test_state_region_where_padding_costs_more():
+    """Stage 0 holds 9 state layers on 2 attention layers (r = 5), stage 1 8 on 3 (r = 3): at the k stage 1
+    needs, padding stage 0's two attention strides to 5 state pages per slot costs more than 3 layers in a
+    state region, and the plan's block count is the simulation's with the cheaper layout per stage."""
+    layout = hand_layout("SSSASSSSASS" + "SASSASSASSS")
+    settings = Settings(pp=2, pp_layer_partition="11,11", max_num_seqs=10**6, prefix_caching=False)
+    budgets = [3 * 2**30, 3 * 2**30]
+    stages = stage_layers(layout, 2, "11,11")
+    plan = plan_natural(layout, settings, budgets, GPU)
+    first, second = plan.stages
+    assert (first.state_region_layers, second.state_region_layers) == (3, 0)
+    assert first.attention_padding_per_block == 0 and first.state_layers_per_tensor == 3
+    k = plan.state_slot_blocks
+    assert k == second.slot_blocks_needed < first.slot_blocks_needed
+    region = simulate_region_bytes_per_block(stages[0], 16, k)
+    padded = 2 * 256 * smallest(lambda units: k * 256 * units >= max(dealt_state_bytes(stages[0])))
+    assert first.bytes_per_block == region < padded
+    expected = min(budgets[0] // region, budgets[1] // second.bytes_per_block)
+    assert plan.num_blocks == expected
+    # The region holds exactly the 3 pages the attention tensors leave: nothing unused, and the byte split's
+    # parts add up to the stage's bytes (usage: a region block under attention is padding).
+    assert first.unused_state_pages_per_slot == 0
+    assert first.slot_bytes == k * first.bytes_per_block >= first.state_bytes_per_request
+    # Same layers, forced to pad (k = stage 0's own need): no region.
+    assert plan_natural(layout, settings, budgets, GPU, state_slot_blocks=first.slot_blocks_needed).stages[0].state_region_layers == 0

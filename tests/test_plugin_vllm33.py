@@ -121,6 +121,49 @@ def test_natural_configs_equal_the_trace(config_name, pp, plugin, tmp_path_facto
         _check_tiling(config)
 
 
+def test_state_region_configs_equal_the_trace(plugin, tmp_path_factory):
+    """Qwen3.5-9B at PP=3 on small budgets: stage 0 (9 GDN layers on 2 attention layers) keeps 3 state
+    layers in a state region; the engine's configs are the trace's and tile each buffer."""
+    vc, layout, backend, settings, hw = _case("Qwen--Qwen3.5-9B.json", 3, tmp_path_factory)
+    budgets = [3 * GiB] * 3
+    plan = plan_natural(layout, settings, budgets, hw)
+    assert [s.state_region_layers for s in plan.stages] == [3, 0, 0]
+    _, _, _, configs = _engine_configs(vc, layout, backend, budgets)
+    assert [c.num_blocks for c in configs] == [plan.num_blocks] * 3
+    assert [c.kv_cache_tensors[0].size for c in configs] == [s.bytes for s in plan.stages]
+    region = [t for t in configs[0].kv_cache_tensors if t.offset >= 2 * plan.num_blocks * plan.stages[0].attention_page_bytes]
+    assert len(region) == 3 and {t.block_stride for t in region} == {plan.state_slot_blocks * plan.stages[0].state_region_bytes_per_block}
+    for config in configs:
+        _check_tiling(config)
+
+
+def test_stock_floor_binds_in_the_engine_as_in_the_trace(plugin, tmp_path_factory):
+    """Qwen3.5-9B at PP=3, prefix caching off, on the default trace's stage budgets (3x RTX 3060): the k with
+    the best objective holds fewer 512-token requests than stock; the trace and the engine core (whose floor
+    comes from vLLM's own planning on stock specs) both take the best k that holds stock's counts."""
+    from dataclasses import replace
+
+    from hybrid_alloc.planner.comparison import stock_floor
+    from hybrid_alloc.planner.kv_budget import kv_cache_budgets
+    from hybrid_alloc.planner.stock import plan_stock
+
+    vc, layout, backend, settings, hw = _case("Qwen--Qwen3.5-9B.json", 3, tmp_path_factory)
+    vc = copy.deepcopy(vc)
+    vc.scheduler_config.max_num_seqs = settings.max_num_seqs
+    from hybrid_alloc.models import load_layout
+
+    budgets = [b.bytes for b in kv_cache_budgets(load_layout("qwen3.5-9b"), replace(settings, prefix_caching=False), hw)]
+    stock = plan_stock(layout, settings, budgets)
+    floor = stock_floor(stock, settings, plan_natural(layout, settings, budgets, hw).max_model_len)
+    best = plan_natural(layout, settings, budgets, hw)
+    plan = plan_natural(layout, settings, budgets, hw, stock_floor=floor)
+    assert best.capacity(512) < dict(floor.requests)[512]  # the case this test is for
+    assert all(plan.capacity(n) >= held for n, held in floor.requests) and plan.max_concurrency >= stock.max_concurrency
+    _, _, _, configs = _engine_configs(vc, layout, backend, budgets)
+    assert {c.slot_blocks for c in configs} == {plan.state_slot_blocks} != {best.state_slot_blocks}
+    assert [c.num_blocks for c in configs] == [plan.num_blocks] * 3
+
+
 def test_scheduler_never_gives_a_block_to_two_owners(plugin, tmp_path_factory):
     """vLLM 0.33's KVCacheManager on the natural config of Qwen3.5-9B at PP=3 (padded strides, shared k):
     random admissions, growth and frees; every held block id has exactly one owner, slots are aligned

@@ -118,7 +118,13 @@ from vllm.v1.attention.backends.utils import (  # noqa: E402
     get_supported_kv_cache_layouts,
     resolve_kv_cache_layout,
 )
-from vllm.v1.core.kv_cache_planning import get_global_kv_cache_groups, get_kv_cache_configs  # noqa: E402
+from vllm.v1.core.kv_cache_config_builder import get_kv_cache_config_builder  # noqa: E402
+from vllm.v1.core.kv_cache_planning import (  # noqa: E402
+    _pool_bytes_per_block_from_builder,
+    _project_kv_cache_groups_to_worker,
+    get_global_kv_cache_groups,
+    get_kv_cache_configs,
+)
 from vllm.v1.core.kv_cache_utils import (  # noqa: E402
     generate_scheduler_kv_cache_config,
     get_kv_cache_capacity,
@@ -274,6 +280,14 @@ def _vllm_plan(workers: tuple[VllmConfig, list[dict], list], budgets: list[int])
         "block_size": [c.block_size for c in stage_configs],
         "mamba_page_size_padded": [c.mamba_page_size_padded for c in stage_configs],
     }
+    # Each worker's own block count before the engine takes the smallest (get_kv_cache_configs: a worker
+    # projects the global groups onto its layers; a group with no layer there adds no bytes per block)
+    builder = get_kv_cache_config_builder(engine)
+    projected = [_project_kv_cache_groups_to_worker(groups, specs) for specs in stage_specs]
+    stages["num_blocks_alone"] = [
+        budget // _pool_bytes_per_block_from_builder(builder, engine, p) if p else 1
+        for p, budget in zip(projected, budgets)
+    ]
     try:
         configs = get_kv_cache_configs(engine, stage_specs, list(budgets), groups)
     except ValueError as exc:  # vLLM refuses to start: nothing more to compare
@@ -297,6 +311,7 @@ def _our_plan(layout: ModelLayout, settings: Settings, budgets: list[int]) -> di
     stages = {
         "block_size": [s.block_size for s in plan.stages],
         "mamba_page_size_padded": [s.mamba_page_size_padded for s in plan.stages],
+        "num_blocks_alone": [s.num_blocks_alone for s in plan.stages],
     }
     if plan.error:
         return {**stages, "error": plan.error}
@@ -334,3 +349,41 @@ def test_stock_matches_vllm(config_name: str, hardware: str, tmp_path_factory) -
                     budgets = [budget, budget * 11 // 10, budget * 9 // 10][:pp]
                     case = f"{config_name} {hardware} kv={kv_dtype} prefix_caching={prefix_caching} pp={pp} budget={budget}"
                     assert _our_plan(layout, settings, budgets) == _vllm_plan(workers, budgets), case
+
+
+# Nemotron-H-8B's layers with its 4 attention layers moved together: at pp=2 and 3 some stages hold no layer
+# of the attention group (or of some state groups), so vLLM projects empty groups onto those workers.
+UNEVEN_PATTERNS = {
+    "attention first": "M*M*M*M*" + "M-" * 22,
+    "attention last": "M-" * 22 + "M*M*M*M*",
+    "attention in the middle": "M-" * 11 + "M*M*M*M*" + "M-" * 11,
+}
+
+
+@pytest.mark.parametrize("where", UNEVEN_PATTERNS)
+def test_stock_matches_vllm_with_stages_missing_a_group(where: str, tmp_path) -> None:
+    hw = HARDWARE["rtx3060"]
+    _Cuda.capability = DeviceCapability(*hw.compute_capability)
+    config = json.loads((CONFIGS / "nvidia--Nemotron-H-8B-Base-8K.json").read_text())
+    config["hybrid_override_pattern"] = UNEVEN_PATTERNS[where]
+    config["num_hidden_layers"] = len(UNEVEN_PATTERNS[where])
+    config.pop("top_level_model_type", None)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    empty_groups = 0
+    for prefix_caching in (True, False):
+        for pp in (2, 3):
+            vc = _vllm_config(str(tmp_path), "auto", prefix_caching, pp)
+            layout = _layout(vc)
+            backend = BACKENDS[attention_backend(hw, vc.model_config.get_head_size(), "auto")]
+            settings = Settings(hardware="rtx3060", pp=pp, prefix_caching=prefix_caching,
+                                max_model_len=vc.model_config.max_model_len)
+            workers = _workers(vc, layout, backend)
+            groups = get_global_kv_cache_groups(workers[0], workers[1])
+            empty_groups += sum(
+                not g.layer_names for specs in workers[1] for g in _project_kv_cache_groups_to_worker(groups, specs)
+            )
+            for budget in BUDGETS:
+                budgets = [budget, budget * 11 // 10, budget * 9 // 10][:pp]
+                case = f"{where} prefix_caching={prefix_caching} pp={pp} budget={budget}"
+                assert _our_plan(layout, settings, budgets) == _vllm_plan(workers, budgets), case
+    assert empty_groups > 0  # the case this test is for occurred

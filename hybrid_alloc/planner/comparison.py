@@ -10,7 +10,7 @@ from hybrid_alloc.models import load_layout
 from hybrid_alloc.models.layout import ModelLayout
 from hybrid_alloc.planner.kv_budget import GiB, KVCacheBudget, kv_cache_budgets
 from hybrid_alloc.planner.hardware import CpuRule, HardwareProfile, cpu_rule, get_hardware
-from hybrid_alloc.planner.natural import NaturalPlan, max_model_len, plan_natural
+from hybrid_alloc.planner.natural import NaturalPlan, StockFloor, max_model_len, objective_lengths, plan_natural
 from hybrid_alloc.planner.partition import PartitionSuggestion, suggest_partitions
 from hybrid_alloc.planner.settings import Settings
 from hybrid_alloc.planner.stock import StockPlan, plan_stock
@@ -64,9 +64,9 @@ def compare_layout(layout: ModelLayout, settings: Settings, rule: CpuRule | None
     budgets = kv_cache_budgets(layout, settings, hardware)
     budget_bytes = [budget.bytes for budget in budgets]
     stock = plan_stock(layout, settings, budget_bytes)
-    natural = plan_natural(layout, settings, budget_bytes, hardware)
-    physical = physical_stages(layout, settings, budget_bytes)
     length = max_model_len(layout, settings)
+    natural = plan_natural(layout, settings, budget_bytes, hardware, stock_floor=stock_floor(stock, settings, length))
+    physical = physical_stages(layout, settings, budget_bytes)
     if natural.fit(length) == 0:
         stage = natural.stages[natural.bottleneck_stage]
         raise UserError(
@@ -91,6 +91,14 @@ def compare_layout(layout: ModelLayout, settings: Settings, rule: CpuRule | None
         partitions=suggest_partitions(layout, settings, hardware),
         cpu_rule=rule,
     )
+
+
+def stock_floor(stock: StockPlan, settings: Settings, length: int) -> StockFloor | None:
+    """What the natural k must not fall below: stock's requests at the reported lengths, its max concurrency."""
+    if stock.error:
+        return None
+    requests = tuple((n, stock_capacity(stock, n, settings.max_num_seqs)) for n in objective_lengths(length))
+    return StockFloor(requests, stock.max_concurrency, settings.max_num_seqs)
 
 
 def _capacity(layout, settings, stock, natural, physical, budgets, num_tokens) -> Capacity:

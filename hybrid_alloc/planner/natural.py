@@ -25,8 +25,13 @@ stage's budget) and ``k`` are shared. Stages differ in state per attention layer
 9 GDN layers on 2 attention tensors on stage 0, 8 on 3 elsewhere), so the ``k`` each stage needs differs.
 Taking the largest makes every other stage reserve attention pages its slots do not need; instead ``k`` is
 chosen from the range the stages need to maximise the geometric mean of the capacities at 512, 4096 and
-max_model_len tokens, and a stage whose ``r`` state pages do not fit ``k`` natural pages pads its
-attention page stride to ``ceil(r * state_page / k)`` (256-byte aligned; vLLM's ``page_size_padded``).
+max_model_len tokens, among the values that hold no fewer requests than stock vLLM at each of them and no
+lower max concurrency where one does (``StockFloor``). A stage whose ``r`` state pages do not fit ``k`` natural pages either pads its
+attention page stride to ``ceil(r * state_page / k)`` (256-byte aligned; vLLM's ``page_size_padded``), or
+keeps the state pages its attention tensors cannot hold in a state region of ``ceil(rest * state_page / k)``
+bytes per block id (one slot per run), whichever costs fewer bytes per block id (``StageShape.placement``;
+Qwen3.5-9B at PP=3, caching off, small budgets: stage 0 holds 3 of its 9 GDN layers in a region at k = 99,
+3 attention pages' worth per block id like the other stages, where padding would cost 3.33).
 At PP=1 this choice is the stage's own ``k`` and nothing is padded.
 A state-only model has no attention blocks: its pool unit is one slot (k = 1).
 
@@ -89,11 +94,13 @@ class NaturalStage:
     num_state_layers: int
     attention_page_bytes: int  # one block of the smallest attention layer (k is derived from it)
     bytes_per_block: int  # one block id across every attention tensor of the stage, padding included
-    attention_padding_per_block: int  # bytes of bytes_per_block no attention token uses (see k above)
+    attention_padding_per_block: int  # bytes of the attention tensors' block stride no attention token uses
+    state_region_bytes_per_block: int  # the state region's bytes per block id (0: every state page hosted)
     kv_bytes_per_token: int  # all attention layers of the stage together
     state_page_bytes: int  # the largest unpadded state page of the stage (0: no state)
     state_bytes_per_request: int  # one request's state in every state layer of the stage, unpadded
-    state_layers_per_tensor: int  # r
+    state_layers_per_tensor: int  # r: the most state layers one attention tensor hosts
+    state_region_layers: int  # state layers in the state region (0: none)
     slot_blocks_needed: int  # the k this stage alone needs
     budget_bytes: int
     max_blocks: int  # the largest num_blocks this stage's budget holds
@@ -115,8 +122,8 @@ class NaturalStage:
     @property
     def unused_state_pages_per_slot(self) -> int:
         """State-page positions in a slot that no state layer uses: ``n_attn * r - n_state``."""
-        if self.is_state_only or self.num_state_layers == 0:
-            return 0
+        if self.is_state_only or self.num_state_layers == 0 or self.state_region_layers:
+            return 0  # a state region holds exactly the pages the attention tensors leave
         return self.num_attention_layers * self.state_layers_per_tensor - self.num_state_layers
 
     @property
@@ -174,6 +181,24 @@ PAD_ALIGNMENT = 256  # a padded attention page stride stays a multiple of this m
 OBJECTIVE_LENGTHS = (512, 4096)  # with max_model_len: the lengths the shared k is chosen for
 
 
+def _pad(need: int) -> int:
+    return cdiv(need, PAD_ALIGNMENT) * PAD_ALIGNMENT
+
+
+@dataclass(frozen=True)
+class StatePlacement:
+    """A stage's slot layout for a given k: region ``n_attn`` is the state region (used only where a stage
+    holds more state per attention layer than k unpadded pages take)."""
+
+    regions: tuple[int, ...]  # the region of each state layer, in the stage's order
+    attention_strides: tuple[int, ...]  # bytes per block id of each attention tensor (padded or not)
+    state_region_stride: int  # bytes per block id of the state region (0: none)
+
+    @property
+    def bytes_per_block(self) -> int:
+        return sum(self.attention_strides) + self.state_region_stride
+
+
 @dataclass(frozen=True)
 class StageShape:
     """What one stage holds, before the shared k and num_blocks are known (the plugin builds these from
@@ -199,14 +224,35 @@ class StageShape:
     def k_needed(self) -> int:
         return cdiv(self.r * self.state_page, self.page) if self.kv else 0
 
+    def placement(self, k: int) -> StatePlacement:
+        """Where a slot of ``k`` blocks keeps each state layer's page. Two ways, the one with fewer bytes per
+        block id (ties: padding): each attention tensor hosts ``r`` pages, its page stride padded where ``k``
+        pages would not hold them; or each attention tensor hosts the pages ``k`` unpadded pages hold (at most
+        ``r``) and the rest stack in one state region of ``ceil(rest * state_page / k)`` bytes per block id
+        (a stage with more state per attention layer than the shared ``k`` was chosen for)."""
+        n, page = len(self.kv), self.state_page
+        need = cdiv(self.r * page, k) if self.state_pages else 0
+        padded = tuple(self.block * kv if self.block * kv >= need else _pad(need) for kv in self.kv)
+        by_padding = StatePlacement(tuple(i % n for i in range(len(self.state_pages))), padded, 0)
+        if not self.state_pages or all(self.block * kv >= need for kv in self.kv):
+            return by_padding
+        room = [min(self.r, k * self.block * kv // page) for kv in self.kv]
+        regions, held, j = [], [0] * n, 0
+        for _ in self.state_pages:
+            free = [t for t in (*range(j, n), *range(j)) if held[t] < room[t]]
+            if free:
+                held[free[0]] += 1
+                regions.append(free[0])
+                j = (free[0] + 1) % n
+            else:
+                regions.append(n)  # the state region
+        rest = regions.count(n)
+        by_region = StatePlacement(tuple(regions), tuple(self.block * kv for kv in self.kv), _pad(cdiv(rest * page, k)))
+        return by_region if by_region.bytes_per_block < by_padding.bytes_per_block else by_padding
+
     def bytes_per_block(self, k: int) -> int:
-        """One block id across the stage's attention tensors: each tensor's page, padded where ``k``
-        pages would not hold its ``r`` state pages."""
-        if not self.kv:
-            return 0
-        need = cdiv(self.r * self.state_page, k) if self.state_pages else 0
-        padded = cdiv(need, PAD_ALIGNMENT) * PAD_ALIGNMENT
-        return sum(self.block * kv if self.block * kv >= need else padded for kv in self.kv)
+        """One block id across the stage's tensors (attention tensors and state region), for slots of ``k``."""
+        return self.placement(k).bytes_per_block if self.kv else 0
 
     def max_blocks(self, budget: int, k: int, has_attention: bool) -> int:
         if self.kv:
@@ -237,17 +283,43 @@ def objective_lengths(model_len: int) -> tuple[int, ...]:
     return tuple(sorted({length for length in OBJECTIVE_LENGTHS if length < model_len} | {model_len}))
 
 
-def choose_slot_blocks(shapes: list[StageShape], budgets: list[int], m: int, lengths: tuple[int, ...]) -> int:
-    """The shared k: every value between the smallest and the largest a stage needs, best objective,
-    ties to the larger k (less padding)."""
+@dataclass(frozen=True)
+class StockFloor:
+    """What stock vLLM holds in the same budgets (``comparison``: the trace's stock plan; the plugin: vLLM's
+    own planning on stock specs). ``k`` is chosen among the values that report no fewer requests at any
+    objective length and no lower max concurrency, where one does: the natural layout never reports less
+    than stock for a choice of ``k`` alone."""
+
+    requests: tuple[tuple[int, int], ...]  # (tokens, requests held with max_num_seqs applied)
+    max_concurrency: float
+    max_num_seqs: int
+
+
+def choose_slot_blocks(shapes: list[StageShape], budgets: list[int], m: int, lengths: tuple[int, ...],
+                       floor: StockFloor | None = None) -> int:
+    """The shared k: every value between the smallest and the largest a stage needs, best objective among
+    those that hold ``floor`` (all of them without one, or where none does), ties to the larger k (less
+    padding)."""
     needed = [shape.k_needed for shape in shapes if shape.kv and shape.state_pages]
     block = next(shape.block for shape in shapes if shape.kv)
 
-    def score(k: int) -> float:
-        num_blocks = min(shape.max_blocks(b, k, True) for shape, b in zip(shapes, budgets))
-        return _objective(num_blocks, k, m, block, lengths)
+    def num_blocks(k: int) -> int:
+        return min(shape.max_blocks(b, k, True) for shape, b in zip(shapes, budgets))
 
-    return max(range(max(1, min(needed)), max(needed) + 1), key=lambda k: (score(k), k))
+    def score(k: int) -> float:
+        return _objective(num_blocks(k), k, m, block, lengths)
+
+    def holds_floor(k: int) -> bool:
+        n = num_blocks(k)
+        held = all(
+            min(floor.max_num_seqs, requests_that_fit(n, k, m, cdiv(length, block) + m * k)) >= requests
+            for length, requests in floor.requests
+        )
+        return held and n / (cdiv(max(lengths), block) + m * k) >= floor.max_concurrency
+
+    candidates = range(max(1, min(needed)), max(needed) + 1)
+    above = [k for k in candidates if holds_floor(k)] if floor else []
+    return max(above or candidates, key=lambda k: (score(k), k))
 
 
 def plan_natural(
@@ -256,8 +328,10 @@ def plan_natural(
     stage_budgets: list[int],
     hardware: HardwareProfile,
     state_slot_blocks: int | None = None,
+    stock_floor: StockFloor | None = None,
 ) -> NaturalPlan:
-    """The natural plan; ``state_slot_blocks`` forces k (otherwise chosen as the module docstring says)."""
+    """The natural plan; ``state_slot_blocks`` forces k (otherwise chosen as the module docstring says, above
+    ``stock_floor`` where a k is)."""
     block = natural_block_size(layout, settings, hardware)
     per_stage = stage_layers(layout, settings.pp, settings.pp_layer_partition)
     assert len(per_stage) == len(stage_budgets), "one budget per pipeline stage"
@@ -266,7 +340,8 @@ def plan_natural(
     model_len = max_model_len(layout, settings)
     shapes = _stage_shapes(per_stage, cache_dtype(layout, settings), block)
     m = natural_state_slots_per_request(settings) if has_state else 0
-    k, notes = _slot_blocks(shapes, stage_budgets, m, model_len, has_attention, has_state, state_slot_blocks)
+    k, notes = _slot_blocks(shapes, stage_budgets, m, model_len, has_attention, has_state, state_slot_blocks,
+                            stock_floor)
     fits = [shape.max_blocks(budget, k, has_attention) for shape, budget in zip(shapes, stage_budgets)]
     num_blocks = min(fits)
     stages = tuple(
@@ -307,6 +382,7 @@ def _slot_blocks(
     has_attention: bool,
     has_state: bool,
     forced: int | None,
+    floor: StockFloor | None,
 ) -> tuple[int, list[str]]:
     """k (the blocks of a state slot, shared by every stage) and the notes that explain it."""
     notes = []
@@ -319,20 +395,28 @@ def _slot_blocks(
     elif forced is not None:
         k = forced
     else:
-        k = choose_slot_blocks(shapes, stage_budgets, m, objective_lengths(model_len))
-    padded = [
-        i for i, shape in enumerate(shapes) if shape.kv and shape.bytes_per_block(k) > shape.block * sum(shape.kv)
-    ]
+        k = choose_slot_blocks(shapes, stage_budgets, m, objective_lengths(model_len), floor)
+    placements = {i: shape.placement(k) for i, shape in enumerate(shapes) if shape.kv and shape.state_pages}
+    padded = [i for i, p in placements.items() if sum(p.attention_strides) > shapes[i].block * sum(shapes[i].kv)]
+    regions = [i for i, p in placements.items() if p.state_region_stride]
+    why = "(more state per attention layer than the other stages)"
     if padded:
         notes.append(
             f"k = {k} blocks; stage(s) {', '.join(map(str, padded))} pad their attention page stride to hold "
-            "their state pages in a slot (more state per attention layer than the other stages)"
+            f"their state pages in a slot {why}"
+        )
+    if regions:
+        notes.append(
+            f"k = {k} blocks; stage(s) {', '.join(map(str, regions))} keep the state pages their attention tensors "
+            f"cannot hold in a state region of one slot per run {why}"
         )
     return k, notes
 
 
 def _natural_stage(index: int, shape: StageShape, budget: int, fit: int, num_blocks: int, k: int) -> NaturalStage:
     per_block = shape.bytes_per_block(k)
+    placement = shape.placement(k) if shape.kv else StatePlacement((), (), 0)
+    hosted = [placement.regions.count(i) for i in range(len(shape.kv))]
     allocated = num_blocks * per_block if shape.kv else (num_blocks // k) * sum(shape.state_pages)
     return NaturalStage(
         stage=index,
@@ -340,11 +424,13 @@ def _natural_stage(index: int, shape: StageShape, budget: int, fit: int, num_blo
         num_state_layers=len(shape.state_pages),
         attention_page_bytes=shape.page,
         bytes_per_block=per_block,
-        attention_padding_per_block=per_block - shape.block * sum(shape.kv),
+        attention_padding_per_block=sum(placement.attention_strides) - shape.block * sum(shape.kv),
+        state_region_bytes_per_block=placement.state_region_stride,
         kv_bytes_per_token=sum(shape.kv),
         state_page_bytes=shape.state_page,
         state_bytes_per_request=sum(shape.state_pages),
-        state_layers_per_tensor=shape.r,
+        state_layers_per_tensor=max(hosted, default=0) if placement.state_region_stride else shape.r,
+        state_region_layers=placement.regions.count(len(shape.kv)) if shape.kv else 0,
         slot_blocks_needed=shape.k_needed,
         budget_bytes=budget,
         max_blocks=fit,

@@ -100,7 +100,8 @@ def natural_split(plan: NaturalPlan, stage_index: int, requests: int, num_tokens
         unused_pages = stage.unused_state_pages_per_slot * stage.state_page_bytes
         held.update(
             attention=num_tokens * stage.kv_bytes_per_token,
-            padding=slots * unused_pages + cdiv(num_tokens, block) * stage.attention_padding_per_block,
+            padding=slots * unused_pages
+            + cdiv(num_tokens, block) * (stage.attention_padding_per_block + stage.state_region_bytes_per_block),
             rounding=(cdiv(num_tokens, block) * block - num_tokens) * stage.kv_bytes_per_token
             + slots * (stage.slot_rounding_bytes - unused_pages),
         )

@@ -131,6 +131,7 @@ def _stage(trace: LayoutComparison, index: int) -> dict:
             "attention_page_bytes": natural.attention_page_bytes,
             "state_page_bytes": natural.state_page_bytes,
             "unused_state_pages_per_slot": natural.unused_state_pages_per_slot,
+            "state_region_layers": natural.state_region_layers,
             "slot_rounding_bytes": natural.slot_rounding_bytes,
         },
         "bytes": {

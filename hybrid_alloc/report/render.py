@@ -107,7 +107,8 @@ def _stage_table(trace: LayoutComparison, index: int) -> Table:
             _stock_state_blocks(stock),
             f"{trace.natural.state_slots_per_request} x {natural.state_slot_blocks} blocks, "
             f"r={natural.state_layers_per_tensor}"
-            + (f", {unused} unused" if unused else ""),
+            + (f", {unused} unused" if unused else "")
+            + (f", {natural.state_region_layers} in a state region" if natural.state_region_layers else ""),
             "-",
         )
     table.add_row("bytes per block", _b(stock.bytes_per_block), _b(natural.bytes_per_block), "-")

@@ -7,11 +7,13 @@ capacity (``vllm:cache_config_info``, "Maximum concurrency") would be overstated
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from vllm.utils.math_utils import cdiv
 from vllm.v1.core.kv_cache_utils import generate_scheduler_kv_cache_config
 from vllm.v1.kv_cache_interface import FullAttentionSpec, MambaSpec
+
+from hybrid_alloc.planner.natural import StockFloor, objective_lengths
 
 from . import log, patching
 from .natural_config import NaturalKVCacheConfig
@@ -36,9 +38,21 @@ MAX_CONCURRENCY = Patch("get_max_concurrency_for_kv_cache_config", _get_max_conc
 PATCHES = (MAX_CONCURRENCY,)
 
 
-def stock_estimate(vllm_config, kv_cache_specs, available_memory, stock_kv_cache_configs) -> tuple[int, float]:
-    """(block size, max concurrency) of stock vLLM on the same budget, from vLLM's own planning functions
-    given the specs its ``_align_hybrid_block_size`` would have produced (inflated block, padded state)."""
+@dataclass(frozen=True)
+class StockEstimate:
+    """Stock vLLM on the same budget: its block size, max concurrency and, for the planner's choice of k, the
+    requests it holds at the objective lengths (None where it cannot fit one request of max_model_len)."""
+
+    block_size: int
+    max_concurrency: float
+    floor: StockFloor | None
+
+
+def stock_estimate(vllm_config, kv_cache_specs, available_memory, stock_kv_cache_configs) -> StockEstimate:
+    """Stock vLLM's numbers from vLLM's own planning functions, given the specs its
+    ``_align_hybrid_block_size`` would have produced (inflated block, padded state). A request holds
+    ``ceil(L / block)`` blocks per attention group and ``MambaSpec.max_memory_usage_bytes / page`` per state
+    group (what ``get_max_concurrency_for_kv_cache_config`` counts)."""
     specs = [s for w in kv_cache_specs for s in w.values()]
     attn = next(s for s in specs if isinstance(s, FullAttentionSpec))
     per_token = attn.page_size_bytes // attn.block_size
@@ -57,8 +71,21 @@ def stock_estimate(vllm_config, kv_cache_specs, available_memory, stock_kv_cache
     try:
         configs = stock_kv_cache_configs(vllm_config, stock_specs, list(available_memory))
     except ValueError:  # stock cannot fit one request of max_model_len
-        return block, 0.0
-    return block, patching.original(MAX_CONCURRENCY)(vllm_config, generate_scheduler_kv_cache_config(configs))
+        return StockEstimate(block, 0.0, None)
+    scheduler = generate_scheduler_kv_cache_config(configs)
+    concurrency = patching.original(MAX_CONCURRENCY)(vllm_config, scheduler)
+    seqs = vllm_config.scheduler_config.max_num_seqs
+
+    def blocks(length: int) -> int:
+        return sum(
+            cdiv(g.kv_cache_spec.max_memory_usage_bytes(vllm_config), g.kv_cache_spec.page_size_bytes)
+            if isinstance(g.kv_cache_spec, MambaSpec) else cdiv(length, g.kv_cache_spec.block_size)
+            for g in scheduler.kv_cache_groups
+        )
+
+    lengths = objective_lengths(vllm_config.model_config.max_model_len)
+    requests = tuple((n, min(seqs, (scheduler.num_blocks - 1) // blocks(n))) for n in lengths)
+    return StockEstimate(block, concurrency, StockFloor(requests, concurrency, seqs))
 
 
 def worker_name(rank: int, tp: int) -> str:
@@ -67,13 +94,13 @@ def worker_name(rank: int, tp: int) -> str:
     return f"stage {rank // tp}" + (f" TP rank {rank % tp}" if tp > 1 else "")
 
 
-def log_capacity(vllm_config, configs: list[NaturalKVCacheConfig], stock: tuple[int, float]) -> None:
+def log_capacity(vllm_config, configs: list[NaturalKVCacheConfig], stock: StockEstimate) -> None:
     c = configs[0]
     max_len = vllm_config.model_config.max_model_len
     log.once(
         f"hybrid-alloc: {c.num_blocks} blocks x {c.block_size} tokens; a state slot = {c.slot_blocks} blocks; "
         f"max concurrency at {max_len} tokens: {max_concurrency(vllm_config, c):.2f}; "
-        f"stock vLLM: block size {stock[0]}, {stock[1]:.2f}"
+        f"stock vLLM: block size {stock.block_size}, {stock.max_concurrency:.2f}"
     )
     if c.state_ids_are_block_ids:
         log.once(

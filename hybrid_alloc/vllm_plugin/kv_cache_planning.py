@@ -9,13 +9,15 @@ Layout, per pipeline stage, on the layer-outermost KV cache layouts (LBHNC: vLLM
   ``k`` strides hold its state (the planner's ``StageShape.bytes_per_block``); attention layers view the
   region as ``[num_blocks, ...]`` at block stride ``P``;
 - state layers are dealt round-robin over the regions; inside a region, the hosted state pages are stacked
-  in a slot of ``k`` blocks, ``k`` chosen by the planner over all stages (one scheduler serves all:
+  in a slot of ``k`` blocks (a stage with more state per attention layer than ``k`` pages hold either pads
+  ``P`` or keeps the rest in a state region of ``num_blocks * Q`` bytes after the attention regions, ``Q``
+  bytes per block id, slot ``s`` at ``s * k * Q``: ``StageShape.placement``, whichever costs less), ``k`` chosen by the planner over all stages (one scheduler serves all:
   ``hybrid_alloc.planner.natural.choose_slot_blocks``). A state layer views its region as
   ``[num_blocks // k, ...]`` at slot stride ``k * P``: slot ``s`` = block ids ``[s*k, (s+1)*k)`` in every
   region. Same storage, two id spaces.
 - groups: one per distinct state spec (its "block" is a slot), then the attention group, so a request's
   slot is allocated before its attention blocks.
-Bytes per stage = ``num_blocks * n_attn * P`` (the trace's natural plan); a request of L tokens holds
+Bytes per stage = ``num_blocks * (n_attn * P + Q)`` (the trace's natural plan); a request of L tokens holds
 ``ceil(L / block) + G * k`` block ids (G = number of state groups).
 """
 
@@ -34,7 +36,7 @@ from vllm.v1.kv_cache_interface import (
 )
 
 from hybrid_alloc import vllm_versions
-from hybrid_alloc.planner.natural import StageShape, choose_slot_blocks, objective_lengths
+from hybrid_alloc.planner.natural import StageShape, StockFloor, choose_slot_blocks, objective_lengths
 
 from . import capacity_log, fail_closed, patching
 from .checkpoint_interval import checkpoint_tokens
@@ -42,14 +44,15 @@ from .natural_config import NaturalKVCacheConfig, SlotTensor
 from .patching import Patch
 
 
-def _placement(worker_spec: dict) -> tuple[list[str], list[tuple[str, int, int]]]:
-    """(attention layers, [(state layer, region, offset in slot)]): state layers dealt round-robin, so a
-    region hosts at most ``r = ceil(n_state / n_attn)`` pages (the planner's ``StageShape.r``)."""
+def _placement(worker_spec: dict, regions: tuple[int, ...]) -> tuple[list[str], list[tuple[str, int, int]]]:
+    """(attention layers, [(state layer, region, offset in slot)]): the state layers in the planner's regions
+    (``StageShape.placement``: dealt round-robin over the attention tensors, region ``n_attn`` the state
+    region), stacked in their region's slot in order."""
     attention = [n for n, s in worker_spec.items() if isinstance(s, FullAttentionSpec)]
-    filled = [0] * len(attention)
+    filled = [0] * (len(attention) + 1)
     states = []
-    for i, (name, spec) in enumerate((n, s) for n, s in worker_spec.items() if isinstance(s, MambaSpec)):
-        region = i % len(attention)
+    for (name, spec), region in zip(((n, s) for n, s in worker_spec.items() if isinstance(s, MambaSpec)), regions,
+                                    strict=True):
         states.append((name, region, filled[region]))
         filled[region] += spec.page_size_bytes
     return attention, states
@@ -76,10 +79,12 @@ def natural_groups(specs: dict, state_specs: list | None = None) -> list[KVCache
     return groups
 
 
-def plan(vllm_config, kv_cache_specs: list[dict], available_memory: list[int]) -> list[NaturalKVCacheConfig]:
+def plan(vllm_config, kv_cache_specs: list[dict], available_memory: list[int],
+         stock_floor: StockFloor | None = None) -> list[NaturalKVCacheConfig]:
     """The natural KVCacheConfig of every worker: k, num_blocks and each stage's attention page stride are
-    the trace's (``hybrid_alloc.planner.natural``: k chosen over the stages, padded strides where a stage
-    holds more state per attention layer than k pages)."""
+    the trace's (``hybrid_alloc.planner.natural``: k chosen over the stages, above what stock vLLM holds
+    where a k is, padded strides or a state region where a stage holds more state per attention layer than
+    k pages)."""
     merged: dict = {}
     for worker in kv_cache_specs:
         merged.update(worker)
@@ -88,7 +93,7 @@ def plan(vllm_config, kv_cache_specs: list[dict], available_memory: list[int]) -
     max_len = vllm_config.model_config.max_model_len
     # one running slot per request and state group in both modes: in "align" mode checkpoints are cached,
     # evictable slots taken only where the pool can spare them (kv_cache_coordinator.AlignSlotMambaManager)
-    k = choose_slot_blocks(shapes, list(available_memory), len(state_specs), objective_lengths(max_len))
+    k = choose_slot_blocks(shapes, list(available_memory), len(state_specs), objective_lengths(max_len), stock_floor)
     num_blocks = min(shape.max_blocks(avail, k, True) for shape, avail in zip(shapes, available_memory))
     if vllm_config.cache_config.num_gpu_blocks_override is not None:
         num_blocks = vllm_config.cache_config.num_gpu_blocks_override
@@ -116,11 +121,13 @@ def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num
     planning_module = vllm_versions.running().planning_module
     kv_cache_groups_tp_replicas = importlib.import_module(planning_module).kv_cache_groups_tp_replicas
     layout = vllm_config.cache_config.get_resolved_kv_cache_layout()
-    attention, states = _placement(worker_spec)
+    placement = shape.placement(k)
+    attention, states = _placement(worker_spec, placement.regions)
     attn_spec = worker_spec[attention[0]]
-    stride = shape.bytes_per_block(k) // len(attention)  # the attention page, padded where the planner pads
+    [stride] = set(placement.attention_strides)  # the attention page, padded where the planner pads
     region = num_blocks * stride
-    size = region * len(attention)
+    state_stride = placement.state_region_stride  # the state region follows the attention regions
+    size = region * len(attention) + num_blocks * state_stride
     layer_stride, block_stride = compute_layout_strides(attn_spec, num_blocks, len(attention), layout)[:2]
     assert (layer_stride, block_stride) == (num_blocks * attn_spec.page_size_bytes, attn_spec.page_size_bytes), (
         f"{layout.name}: attention pages not dense"
@@ -129,9 +136,10 @@ def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num
     align = vllm_config.cache_config.mamba_cache_mode == "align"
     tensors = [KVCacheTensor(size=size, layers=attention, layer_stride=region, block_stride=stride)]
     for name, r, offset in states:
-        assert offset + worker_spec[name].page_size_bytes <= k * stride, "a slot does not hold its state pages"
+        step = stride if r < len(attention) else state_stride
+        assert offset + worker_spec[name].page_size_bytes <= k * step, "a slot does not hold its state pages"
         tensors.append(
-            SlotTensor(size=size, layers=[name], layer_stride=region, block_stride=stride if align else k * stride,
+            SlotTensor(size=size, layers=[name], layer_stride=region, block_stride=step if align else k * step,
                        offset=r * region + offset)
         )
     groups = natural_groups(worker_spec, state_specs)
@@ -180,8 +188,8 @@ def _get_kv_cache_configs(original):
         if reason:
             fail_closed.stock(reason)
             return original(vllm_config, kv_cache_specs, available_memory, *global_groups)
-        configs = plan(vllm_config, kv_cache_specs, available_memory)
         stock = capacity_log.stock_estimate(vllm_config, kv_cache_specs, available_memory, partial(_stock_configs, original))
+        configs = plan(vllm_config, kv_cache_specs, available_memory, stock.floor)
         capacity_log.log_capacity(vllm_config, configs, stock)
         return configs
 

@@ -12,7 +12,7 @@ import os
 VOCAB = 512
 
 # name -> (dtype, builder kwargs); the patterns use Nemotron-H's letters: M = Mamba2, * = attention, - = MLP.
-MODELS = ("mamba2", "gdn", "attention", "mamba2_pp", "mamba2_longmem", "gdn_longmem")
+MODELS = ("mamba2", "gdn", "attention", "mamba2_pp", "mamba2_pp_region", "mamba2_longmem", "gdn_longmem")
 
 
 def _long_memory(model):
@@ -33,7 +33,7 @@ def _save(model, path: str) -> str:
     return path
 
 
-def _nemotron_h(path: str, pattern: str, long_memory: bool = False) -> str:
+def _nemotron_h(path: str, pattern: str, long_memory: bool = False, kv_heads: int = 2, n_groups: int = 1) -> str:
     import torch
     from transformers import NemotronHConfig, NemotronHForCausalLM
 
@@ -42,13 +42,13 @@ def _nemotron_h(path: str, pattern: str, long_memory: bool = False) -> str:
         vocab_size=VOCAB,
         hidden_size=64,
         hybrid_override_pattern=pattern,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=max(4, kv_heads),
+        num_key_value_heads=kv_heads,
         head_dim=32,
         intermediate_size=128,
         mamba_num_heads=4,
         mamba_head_dim=32,  # 4 heads x 32 = 128 = expand x hidden
-        n_groups=1,
+        n_groups=n_groups,
         ssm_state_size=32,
         conv_kernel=4,
         expand=2,
@@ -74,6 +74,15 @@ def build_mamba2_pp(path: str) -> str:
     return _nemotron_h(path, "MM*M**M**")
 
 
+def build_mamba2_pp_region(path: str) -> str:
+    """Eighteen layers for 2 pipeline stages, [MM*MM*MMM][*M*M*M---], attention pages of 8 KV heads (64 KiB
+    at 32 tokens, float32) and Mamba2 states (2 groups) of 19,456 B: stage 0 holds 7 state layers on 2
+    attention layers (r = 4, k = 2 alone), stage 1 3 on 3 (k = 1); at the shared k = 1 stage 0 keeps 1 state
+    layer in a state region of 19,456 B per block id, cheaper than padding both attention pages by 13,312 B
+    (the planner's ``StageShape.placement``)."""
+    return _nemotron_h(path, "MM*MM*MMM*M*M*M---", kv_heads=8, n_groups=2)
+
+
 def build_mamba2_longmem(path: str) -> str:
     """``mamba2`` with state decay nearly off (``_long_memory``)."""
     return _nemotron_h(path, "M*M-M*M-", long_memory=True)
@@ -96,8 +105,8 @@ def build_gdn(path: str, long_memory: bool = False) -> str:
         intermediate_size=128,
         num_hidden_layers=4,
         layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=max(4, kv_heads),
+        num_key_value_heads=kv_heads,
         head_dim=32,
         linear_conv_kernel_dim=4,
         linear_key_head_dim=128,
@@ -128,8 +137,8 @@ def build_attention(path: str) -> str:
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=max(4, kv_heads),
+        num_key_value_heads=kv_heads,
         head_dim=32,
         max_position_embeddings=2048,
         tie_word_embeddings=False,
@@ -141,6 +150,7 @@ def build_attention(path: str) -> str:
 BUILDERS = {
     "mamba2": build_mamba2,
     "mamba2_pp": build_mamba2_pp,
+    "mamba2_pp_region": build_mamba2_pp_region,
     "gdn": build_gdn,
     "attention": build_attention,
     "mamba2_longmem": build_mamba2_longmem,

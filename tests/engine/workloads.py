@@ -41,15 +41,19 @@ def natural_plan(model_dir: str, pp: int = 1, budget: int = BUDGET, dtype: str =
                  prefix_caching: bool = False, mamba_ssm_cache_dtype: str = "auto"):
     """The trace's natural plan (hybrid_alloc.planner) for the engine's settings: the CPU backend,
     max_model_len 1024 (run_engine.py), ``--dtype``, ``--tp``, ``budget`` on every stage; prefix caching
-    off ("none" mode) unless asked."""
+    off ("none" mode) unless asked; k above stock's counts where one is (as the trace and the engine core)."""
     from hybrid_alloc.models import load_layout
+    from hybrid_alloc.planner.comparison import stock_floor
     from hybrid_alloc.planner.hardware import get_hardware
     from hybrid_alloc.planner.natural import plan_natural
     from hybrid_alloc.planner.settings import Settings
+    from hybrid_alloc.planner.stock import plan_stock
 
     settings = Settings(
         hardware="cpu", vllm_version="0.32", pp=pp, tp=tp, kv_cache_memory=budget, max_model_len=1024,
         prefix_caching=prefix_caching, mamba_ssm_cache_dtype=mamba_ssm_cache_dtype,
     )
     layout = load_layout(model_dir, tp=tp, dtype=dtype, mamba_ssm_cache_dtype=mamba_ssm_cache_dtype)
-    return plan_natural(layout, settings, [budget] * pp, get_hardware("cpu"))
+    budgets = [budget] * pp
+    floor = stock_floor(plan_stock(layout, settings, budgets), settings, 1024)
+    return plan_natural(layout, settings, budgets, get_hardware("cpu"), stock_floor=floor)
