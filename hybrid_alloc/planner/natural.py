@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from math import log
 
 from hybrid_alloc.models.layout import ModelLayout
+from hybrid_alloc.models.max_model_len import of_layout as derived_max_len
 from hybrid_alloc.planner.checkpoints import checkpoint_interval_tokens
 from hybrid_alloc.planner.hardware import KERNEL_BLOCK_SIZE, HardwareProfile, attention_backend
 from hybrid_alloc.planner.pipeline import stage_layers
@@ -64,7 +65,8 @@ def cache_dtype(layout: ModelLayout, settings: Settings) -> str:
 
 
 def max_model_len(layout: ModelLayout, settings: Settings) -> int:
-    return settings.max_model_len or layout.max_position_embeddings
+    """``--max-model-len``, else the one vLLM derives from the config."""
+    return settings.max_model_len or derived_max_len(layout).default
 
 
 def natural_block_size(layout: ModelLayout, settings: Settings, hardware: HardwareProfile) -> int:
