@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from hybrid_alloc.models import load_layout
 from hybrid_alloc.models.layout import ModelLayout
-from hybrid_alloc.models.max_model_len import DerivedMaxLen, of_layout, refusal
+from hybrid_alloc.models.max_model_len import of_layout, refusal
 from hybrid_alloc.planner.kv_budget import KVCacheBudget, kv_cache_budgets
 from hybrid_alloc.planner.hardware import CpuRule, HardwareProfile, cpu_rule, get_hardware
 from hybrid_alloc.planner.natural import NaturalPlan, max_model_len, plan_natural
@@ -60,7 +60,6 @@ class StartupRefusal:
     settings: Settings
     hardware: HardwareProfile
     max_model_len: int
-    derived: DerivedMaxLen
     error: str  # vLLM's words
     cpu_rule: CpuRule | None
 
@@ -85,7 +84,7 @@ def compare_layout(
     length = max_model_len(layout, settings)
     error = refusal(of_layout(layout), length, allow_long_max_model_len)
     if error:
-        return StartupRefusal(layout, settings, hardware, length, of_layout(layout), error, rule)
+        return StartupRefusal(layout, settings, hardware, length, error, rule)
     budgets = kv_cache_budgets(layout, settings, hardware)
     budget_bytes = [budget.bytes for budget in budgets]
     stock = plan_stock(layout, settings, budget_bytes)

@@ -7,6 +7,7 @@ from collections import Counter
 from rich.console import Console
 from rich.table import Table
 
+from hybrid_alloc.models.max_model_len import of_layout
 from hybrid_alloc.planner.pipeline import pp_indices
 from hybrid_alloc.planner.comparison import LayoutComparison, StartupRefusal
 from hybrid_alloc.planner.usage import CATEGORIES
@@ -45,7 +46,7 @@ def _header(trace: LayoutComparison | StartupRefusal) -> str:
 
 
 def _refusal_lines(trace: StartupRefusal) -> list[str]:
-    derived = trace.derived
+    derived = of_layout(trace.layout)
     return [
         f"[red]vLLM refuses to start[/red] (stock and natural alike: ModelConfig checks max_model_len before "
         f"any KV cache exists): {trace.error}",
@@ -243,9 +244,9 @@ def _concurrency_lines(trace: LayoutComparison) -> list[str]:
         if held is None or held == trace.settings.max_num_seqs or int(concurrency) <= held:
             continue
         lines.append(
-            f"{name}: {held:,} request(s) of {trace.max_model_len:,} tokens held at once, not the "
-            f"{int(concurrency):,} vLLM's {concurrency:.2f}x suggests: that divides all {num_blocks:,} blocks by "
-            f"a request's {per_request:,}, but {why}."
+            f"{name}: {held:,} request(s) of {trace.max_model_len:,} tokens held at once where vLLM's log line "
+            f"reads {concurrency:.2f}x: it divides all {num_blocks:,} blocks by a request's {per_request:,}, "
+            f"but {why}."
         )
     return lines
 
