@@ -10,7 +10,8 @@ import sys
 from hybrid_alloc import alloc_trace
 from hybrid_alloc.errors import UserError
 from hybrid_alloc.models.loader import MAMBA_DTYPES
-from hybrid_alloc.planner.comparison import compare_model
+from hybrid_alloc.models.max_model_len import allow_long_max_model_len
+from hybrid_alloc.planner.comparison import StartupRefusal, compare_model
 from hybrid_alloc.planner.hardware import get_hardware
 from hybrid_alloc.planner.settings import KV_CACHE_DTYPES, SUPPORTED_VLLM_VERSIONS, Settings
 from hybrid_alloc.report import json_report, render
@@ -87,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--gpu-memory", type=parse_size, help="GPU memory (default: the hardware's)")
     trace.add_argument("--gpu-memory-utilization", type=_number(float, 0.01, 1.0), default=0.92)
     trace.add_argument(
-        "--max-model-len", type=_number(int, 1), help="default: the model's max_position_embeddings, as vLLM's"
+        "--max-model-len", type=_number(int, 1),
+        help="default: vLLM's, derived from the config (max_position_embeddings and the other length keys, "
+        "RoPE scaling); above it vLLM refuses to start unless $VLLM_ALLOW_LONG_MAX_MODEL_LEN=1"
     )
     trace.add_argument("--max-num-seqs", type=_number(int, 1), help="default: vLLM's for the hardware")
     trace.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto")
@@ -142,9 +145,12 @@ def run_trace_command(args: argparse.Namespace) -> None:
         if args.model:
             raise UserError("trace: give either MODEL or --from TRACE.jsonl, not both")
         return alloc_trace.run(args.from_file, args.top, args.json, args.plot)
-    trace = compare_model(args.model or DEFAULT_MODEL, trace_settings(args))
+    trace = compare_model(args.model or DEFAULT_MODEL, trace_settings(args), allow_long_max_model_len())
     if args.plot:
-        write_plot(trace, args.plot)
+        if isinstance(trace, StartupRefusal):
+            print(f"hybrid-alloc: no plot written to {args.plot}: vLLM refuses to start", file=sys.stderr)
+        else:
+            write_plot(trace, args.plot)
     if args.json:
         print(json_report.dumps(trace))
     else:

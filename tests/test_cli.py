@@ -77,6 +77,60 @@ def test_json_reports_vllms_refusal(capsys):
     assert doc["natural"]["max_concurrency"] >= 1
 
 
+def test_tables_say_the_natural_layout_starts_where_stock_refuses(capsys):
+    # Qwen3.5-9B at 32k: 1080 MiB is short of one request in vLLM's pool, enough in the natural one.
+    code, out, err = run(["trace", "qwen3.5-9b", "--kv-cache-memory", "1080MiB", "--max-model-len", "32768"], capsys)
+    assert (code, err) == (0, "")
+    assert "stock vLLM refuses to start: To serve at least one request" in " ".join(out.split())
+    assert "The natural layout starts where stock vLLM refuses" in " ".join(out.split())
+
+
+def test_not_even_one_request_anywhere_is_a_result(capsys):
+    code, out, err = run(["trace", "--kv-cache-memory", "64MiB", "--json"], capsys)
+    assert (code, err) == (0, "")
+    doc = json.loads(out)
+    assert doc["stock"].keys() == doc["natural"].keys() == {"error"}
+    assert "max seq len (32768)" in doc["stock"]["error"]
+    assert doc["natural"]["error"].startswith("hybrid-alloc: one request of max_model_len=32768 needs")
+    assert all(c["stock"] is None and c["natural"] is None for c in doc["capacity"])
+    code, out, err = run(["trace", "--kv-cache-memory", "64MiB"], capsys)
+    assert (code, err) == (0, "")
+    assert out.count("refused") >= 6 and "the natural layout (hybrid-alloc's plugin) refuses to start" in out
+
+
+def test_max_model_len_above_the_config_is_vllms_refusal(capsys, monkeypatch):
+    monkeypatch.delenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", raising=False)
+    argv = ["trace", "nemotron-h-8b", "--max-model-len", "32768", "--kv-cache-memory", "4GiB"]
+    code, out, err = run([*argv, "--json"], capsys)
+    assert (code, err) == (0, "")
+    doc = json.loads(out)
+    assert doc["stock"] == doc["natural"] and doc["stages"] == doc["capacity"] == []
+    assert doc["stock"]["error"].startswith(
+        "User-specified max_model_len (32768) is greater than the derived max_model_len "
+        "(max_position_embeddings=8192.0 or model_max_length=None in model's config.json)."
+    )
+    assert doc["derived_max_model_len"] == {"value": 8192.0, "key": "max_position_embeddings", "default": 8192}
+    code, out, err = run(argv, capsys)
+    assert (code, err) == (0, "") and "vLLM refuses to start" in out and "Stage 0" not in out
+    monkeypatch.setenv("VLLM_ALLOW_LONG_MAX_MODEL_LEN", "1")  # vLLM starts, so does the trace
+    code, out, err = run([*argv, "--json"], capsys)
+    assert code == 0 and "num_blocks" in json.loads(out)["stock"]
+
+
+def test_omitted_max_model_len_is_the_derived_one(capsys):
+    code, out, _ = run(["trace", "nemotron-h-8b", "--kv-cache-memory", "4GiB", "--json"], capsys)
+    assert code == 0 and json.loads(out)["settings"]["max_model_len"] == 8192
+
+
+def test_held_at_once_and_logged_concurrency_are_told_apart(capsys):
+    # issue 13: Llama-3.1-8B, 8 GiB, 32k: vLLM logs 2.00x; its pool holds 1 (block 0 is the null block)
+    code, out, _ = run(["trace", "llama-3.1-8b", "--kv-cache-memory", "8GiB", "--max-model-len", "32768"], capsys)
+    assert code == 0
+    text = " ".join(out.split())
+    assert "2.00x" in text
+    assert "stock vLLM: 1 request(s) of 32,768 tokens held at once where vLLM's log line reads 2.00x" in text
+
+
 def test_plot_writes_a_png(tmp_path, capsys):
     path = tmp_path / "bytes.png"
     code, _, err = run(["trace", "--plot", str(path)], capsys)
@@ -103,7 +157,6 @@ def _bad_config(tmp_path, name: str) -> str:
         (["trace", "{broken.json}"], "broken.json"),
         (["trace", "{fields.json}"], "fields.json: missing field 'hidden_size'"),
         (["trace", "--gpu-memory", "4GiB"], "--kv-cache-memory"),
-        (["trace", "--kv-cache-memory", "64MiB"], "max_model_len"),
         (["trace", "--pp", "0"], "--pp"),
         (["trace", "--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization"),
         (["trace", "--kv-cache-memory", "12XB"], "--kv-cache-memory"),

@@ -9,7 +9,6 @@ import pytest
 from hand_layouts import hand_layout
 from rich.console import Console
 
-from hybrid_alloc.errors import UserError
 from hybrid_alloc.planner.settings import Settings
 from hybrid_alloc.planner.comparison import compare_layout
 from hybrid_alloc.report import json_report, render
@@ -70,9 +69,21 @@ def test_pp_suggestion_moves_layers_off_the_bottleneck():
     assert "VLLM_PP_LAYER_PARTITION=" in rendered(trace)
 
 
-def test_too_small_for_one_request_is_a_user_error():
-    with pytest.raises(UserError, match="max_model_len=262144"):
-        compare_layout(qwen_like(), Settings(kv_cache_memory=GiB))
+def test_too_small_for_one_request_is_a_result_in_tables_and_json():
+    trace = compare_layout(qwen_like(), Settings(kv_cache_memory=GiB))
+    assert trace.max_model_len == 262144 and trace.stock.error and trace.natural.error
+    assert [(c.stock, c.natural) for c in trace.capacities][-1] == (None, None)
+    text = " ".join(rendered(trace).split())
+    assert trace.stock.error in text and trace.natural.error in text
+    doc = json.loads(json_report.dumps(trace))
+    assert doc["stock"] == {"error": trace.stock.error} and doc["natural"] == {"error": trace.natural.error}
+    assert all(stage["bytes"]["262144"]["natural"] is None for stage in doc["stages"])
+
+
+def test_plot_of_a_refusal(tmp_path):
+    path = tmp_path / "p.png"
+    write_plot(compare_layout(qwen_like(), Settings(kv_cache_memory=GiB)), str(path))
+    assert path.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_plot_is_a_png(tmp_path):

@@ -13,7 +13,7 @@ import argparse
 from hybrid_alloc.cli import parse_size
 from hybrid_alloc.models import bundled_models, load_layout
 from hybrid_alloc.planner.settings import Settings
-from hybrid_alloc.planner.comparison import compare_layout
+from hybrid_alloc.planner.comparison import StartupRefusal, compare_layout
 
 LENGTHS = (512, 4096, 32768)
 
@@ -27,10 +27,14 @@ def rows(hardware: str, budget: int, prefix_caching: bool):
         for dtype in ("auto", "fp8"):
             settings = Settings(hardware=hardware, kv_cache_memory=budget, max_model_len=32768,
                                 kv_cache_dtype=dtype, prefix_caching=prefix_caching, max_num_seqs=10**6)
-            by_length = {c.num_tokens: c for c in compare_layout(layout, settings).capacities}
+            trace = compare_layout(layout, settings)
+            if isinstance(trace, StartupRefusal):  # 32768 above the model's derived max_model_len
+                cells += ["-"] * len(LENGTHS)
+                continue
+            by_length = {c.num_tokens: c for c in trace.capacities}
             for length in LENGTHS:
                 c = by_length[length]
-                cells.append("-" if c.stock is None else f"{c.stock} / {c.natural} ({c.natural / max(c.stock, 1):.2f}x)")
+                cells.append("-" if c.stock is None or c.natural is None else f"{c.stock} / {c.natural} ({c.natural / max(c.stock, 1):.2f}x)")
         yield name, cells
 
 

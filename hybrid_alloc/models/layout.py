@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from math import prod
 
+from hybrid_alloc.models.max_model_len import DerivedMaxLen
+
 # Bytes per element of the dtype names used in vLLM configs and ``--kv-cache-dtype``.
 DTYPE_BYTES = {
     "float32": 4,
@@ -102,6 +104,8 @@ class ModelLayout:
     # What "--kv-cache-dtype auto" means for this checkpoint when not the model dtype (ModelOpt fp8 KV scheme).
     checkpoint_kv_cache_dtype: str | None = None
     notes: tuple[str, ...] = field(default=())
+    # vLLM's max_model_len derivation from the config (models.max_model_len); None: max_position_embeddings
+    derived_max_len: DerivedMaxLen | None = None
 
     @property
     def attention_layers(self) -> tuple[CacheLayer, ...]:

@@ -9,6 +9,7 @@ from hybrid_alloc.models.bundled import CONFIG_DIR, bundled_models, find_bundled
 from hybrid_alloc.models.family import Context
 from hybrid_alloc.models.hf_config import HFConfig, read_json
 from hybrid_alloc.models.layout import ModelLayout, dtype_bytes
+from hybrid_alloc.models.max_model_len import derive as derive_max_len
 from hybrid_alloc.models.registry import MODEL_TYPES, supported_model_types
 from hybrid_alloc.models.weights import padded_vocab_rows, weight_bits
 
@@ -100,4 +101,5 @@ def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0, dty
         quant_bits=bits.nominal,
         checkpoint_kv_cache_dtype=kv_dtype,
         notes=tuple(notes),
+        derived_max_len=derive_max_len(cfg.text, fam.max_position_embeddings),
     )

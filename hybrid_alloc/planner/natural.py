@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from math import log
 
 from hybrid_alloc.models.layout import ModelLayout
+from hybrid_alloc.models.max_model_len import of_layout as derived_max_len
 from hybrid_alloc.planner.checkpoints import checkpoint_interval_tokens
 from hybrid_alloc.planner.hardware import KERNEL_BLOCK_SIZE, HardwareProfile, attention_backend
 from hybrid_alloc.planner.pipeline import stage_layers
@@ -69,7 +70,8 @@ def cache_dtype(layout: ModelLayout, settings: Settings) -> str:
 
 
 def max_model_len(layout: ModelLayout, settings: Settings) -> int:
-    return settings.max_model_len or layout.max_position_embeddings
+    """``--max-model-len``, else the one vLLM derives from the config."""
+    return settings.max_model_len or derived_max_len(layout).default
 
 
 def natural_block_size(layout: ModelLayout, settings: Settings, hardware: HardwareProfile) -> int:
@@ -167,6 +169,12 @@ class NaturalPlan:
         return min(self.max_num_seqs, self.fit(num_tokens))
 
     @property
+    def error(self) -> str | None:
+        """The plugin's refusal to start (``vllm_plugin.kv_cache_planning``), or None."""
+        return one_request_error(self.max_model_len, self.blocks_per_request(self.max_model_len),
+                                 self.attention_block_size, self.num_blocks)
+
+    @property
     def max_concurrency(self) -> float:
         """vLLM's definition: num_blocks / blocks one max_model_len request may hold (no cap, no null block)."""
         return self.num_blocks / self.blocks_per_request(self.max_model_len)
@@ -175,6 +183,18 @@ class NaturalPlan:
     def kv_cache_size_tokens(self) -> int:
         """vLLM's definition: tokens held when every request is max_model_len long."""
         return int(self.max_concurrency * self.max_model_len)
+
+
+def one_request_error(max_model_len: int, blocks_per_request: int, block: int | None, num_blocks: int) -> str | None:
+    """Where one max_model_len request needs more blocks than the pool's usable ones (all but vLLM's null
+    block 0), the plugin's refusal to start; else None."""
+    usable = num_blocks - 1
+    if blocks_per_request <= usable:
+        return None
+    return (
+        f"hybrid-alloc: one request of max_model_len={max_model_len} needs {blocks_per_request} blocks of "
+        f"{block} tokens but the KV cache holds {usable}; increase the KV cache memory or decrease max_model_len"
+    )
 
 
 PAD_ALIGNMENT = 256  # a padded attention page stride stays a multiple of this many bytes

@@ -6,11 +6,19 @@
              "natural": {"attention_block_size", "num_attention_blocks", "state_slot_blocks",
                          "state_layers_per_tensor", "bytes"}}],
  "stock": {"num_blocks", "kv_cache_size_tokens", "max_concurrency"}  (or {"error": vLLM's reason}),
- "natural": {"kv_cache_size_tokens", "max_concurrency", "state_slots_per_request", "checkpoints"}}
+ "natural": {"kv_cache_size_tokens", "max_concurrency", "state_slots_per_request", "checkpoints"}
+            (or {"error": the plugin's reason}),
+ "derived_max_model_len": {"value", "key", "default"}}
+Refusals are results, never exit codes: where one max_model_len request does not fit, the refusing layout's
+"error" holds the refusal word for word, and its "capacity" / "bytes" entries are null. Where vLLM refuses
+--max-model-len itself (above "derived_max_model_len", without VLLM_ALLOW_LONG_MAX_MODEL_LEN=1), no layout
+exists: "stock" and "natural" both hold {"error": vLLM's reason}, "stages" and "capacity" are empty and
+"pipeline" is null.
 "kv_cache_memory_bytes" is the stage's KV cache budget (vLLM's available memory for the cache).
 "kv_cache_size_tokens" / "max_concurrency" follow vLLM's definitions: concurrency = num_blocks / the
 blocks one max_model_len request may hold (no max_num_seqs cap), tokens = concurrency x max_model_len.
-"capacity" lists requests held at once (capped by max_num_seqs) at 512, 4096 and max_model_len tokens;
+"capacity" lists requests held at once (what the block pool admits together, the null block aside; capped
+by max_num_seqs) at 512, 4096 and max_model_len tokens;
 "bytes" splits each stage's budget at those lengths (see hybrid_alloc.planner.usage).
 "state_slots_per_request" is the natural layout's m (1 + speculative tokens, prefix caching on or off);
 "stock"'s per-group count is vLLM's MambaSpec. "checkpoints" (null with prefix caching off):
@@ -22,15 +30,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
+from hybrid_alloc.models.max_model_len import of_layout
 from hybrid_alloc.planner.pipeline import pp_indices
-from hybrid_alloc.planner.comparison import LayoutComparison
+from hybrid_alloc.planner.comparison import LayoutComparison, StartupRefusal
 
 CHECKPOINT_ACCOUNTING = "cached and evictable, not charged at admission"
 
 
-def to_dict(trace: LayoutComparison) -> dict:
-    settings = trace.settings
-    stock, natural = trace.stock, trace.natural
+def _common(trace: LayoutComparison | StartupRefusal) -> dict:
+    settings, derived = trace.settings, of_layout(trace.layout)
     return {
         "model": trace.layout.name,
         "source": trace.layout.source,
@@ -47,6 +55,18 @@ def to_dict(trace: LayoutComparison) -> dict:
             "source": trace.cpu_rule.source,
             "state_dtypes": trace.layout.state_dtypes,
         },
+        "derived_max_model_len": {"value": derived.value, "key": derived.key, "default": derived.default},
+    }
+
+
+def to_dict(trace: LayoutComparison | StartupRefusal) -> dict:
+    if isinstance(trace, StartupRefusal):
+        error = {"error": trace.error}
+        return {**_common(trace), "stages": [], "stock": error, "natural": error, "capacity": [], "pipeline": None}
+    settings = trace.settings
+    stock, natural = trace.stock, trace.natural
+    return {
+        **_common(trace),
         "stages": [_stage(trace, index) for index in range(settings.pp)],
         "stock": {"error": stock.error} if stock.error else {
             "num_blocks": stock.num_blocks,
@@ -55,7 +75,7 @@ def to_dict(trace: LayoutComparison) -> dict:
             "block_size": stock.block_size,
             "blocks_per_request": stock.blocks_per_request,
         },
-        "natural": {
+        "natural": {"error": natural.error} if natural.error else {
             "kv_cache_size_tokens": natural.kv_cache_size_tokens,
             "max_concurrency": natural.max_concurrency,
             "num_blocks": natural.num_blocks,
@@ -137,7 +157,7 @@ def _stage(trace: LayoutComparison, index: int) -> dict:
         "bytes": {
             str(c.num_tokens): {
                 "stock": c.stock_split[index].as_dict() if c.stock_split else None,
-                "natural": c.natural_split[index].as_dict(),
+                "natural": c.natural_split[index].as_dict() if c.natural_split else None,
                 "physical": c.physical_split[index].as_dict(),
             }
             for c in trace.capacities
@@ -145,5 +165,5 @@ def _stage(trace: LayoutComparison, index: int) -> dict:
     }
 
 
-def dumps(trace: LayoutComparison) -> str:
+def dumps(trace: LayoutComparison | StartupRefusal) -> str:
     return json.dumps(to_dict(trace), indent=2)

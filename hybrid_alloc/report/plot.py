@@ -34,7 +34,7 @@ def _draw(trace: LayoutComparison, plt):
         labels = [f"{layout}\nstage {stage}" if trace.settings.pp > 1 else layout for stage, layout in bars]
         ax.set_xticks(range(len(bars)), labels, fontsize=7)
         ax.set_title(f"{capacity.num_tokens:,}-token requests\nstock {capacity.stock or 'refused'}, "
-                     f"natural {capacity.natural}, physical {capacity.physical}", fontsize=9)
+                     f"natural {capacity.natural or 'refused'}, physical {capacity.physical}", fontsize=9)
     axes[0][0].set_ylabel("GiB of the stage's KV cache budget")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(CATEGORIES), fontsize=8)

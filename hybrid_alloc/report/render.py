@@ -7,15 +7,20 @@ from collections import Counter
 from rich.console import Console
 from rich.table import Table
 
+from hybrid_alloc.models.max_model_len import of_layout
 from hybrid_alloc.planner.pipeline import pp_indices
-from hybrid_alloc.planner.comparison import LayoutComparison
+from hybrid_alloc.planner.comparison import LayoutComparison, StartupRefusal
 from hybrid_alloc.planner.usage import CATEGORIES
 from hybrid_alloc.report.units import fmt_bytes, fmt_share
 
 
-def print_trace(trace: LayoutComparison, console: Console | None = None) -> None:
+def print_trace(trace: LayoutComparison | StartupRefusal, console: Console | None = None) -> None:
     console = console or Console()
     console.print(_header(trace))
+    if isinstance(trace, StartupRefusal):
+        for line in _refusal_lines(trace):
+            console.print(line)
+        return
     console.print(_budget_table(trace))
     for index in range(trace.settings.pp):
         console.print(_stage_table(trace, index))
@@ -24,7 +29,7 @@ def print_trace(trace: LayoutComparison, console: Console | None = None) -> None
         console.print(line)
 
 
-def _header(trace: LayoutComparison) -> str:
+def _header(trace: LayoutComparison | StartupRefusal) -> str:
     s, layout = trace.settings, trace.layout
     kinds = Counter(layer.kind for layer in layout.layers)
     layers = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
@@ -40,7 +45,17 @@ def _header(trace: LayoutComparison) -> str:
     )
 
 
-def _cpu_rule_line(trace: LayoutComparison) -> str:
+def _refusal_lines(trace: StartupRefusal) -> list[str]:
+    derived = of_layout(trace.layout)
+    return [
+        f"[red]vLLM refuses to start[/red] (stock and natural alike: ModelConfig checks max_model_len before "
+        f"any KV cache exists): {trace.error}",
+        f"This config allows max_model_len up to {int(derived.value):,} ({derived.key}); "
+        "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 in the environment lets vLLM, and the trace, go on.",
+    ]
+
+
+def _cpu_rule_line(trace: LayoutComparison | StartupRefusal) -> str:
     rule = trace.cpu_rule
     if rule is None:
         return ""
@@ -143,36 +158,51 @@ def _capacity_table(trace: LayoutComparison) -> Table:
     for name in ("tokens", "stock vLLM", "natural", "physical", "stock/phys", "natural/phys"):
         table.add_column(name, justify="right")
     for c in trace.capacities:
-        label = f"{c.num_tokens:,}"
         table.add_row(
-            label,
-            "refused" if c.stock is None else f"{c.stock:,}",
-            f"{c.natural:,}",
+            f"{c.num_tokens:,}",
+            _count(c.stock),
+            _count(c.natural),
             f"{c.physical:,}",
-            "-" if c.stock is None else f"{c.stock / c.physical:.2f}",
-            f"{c.natural / c.physical:.2f}",
+            _ratio(c.stock, c.physical),
+            _ratio(c.natural, c.physical),
         )
     table.add_section()
     table.add_row(
         "KV tokens",
         "refused" if stock.error else f"{stock.kv_cache_size_tokens:,}",
-        f"{natural.kv_cache_size_tokens:,}",
+        "refused" if natural.error else f"{natural.kv_cache_size_tokens:,}",
         "", "", "",
     )
     table.add_row(
         "concurrency",
         "refused" if stock.error else f"{stock.max_concurrency:.2f}x",
-        f"{natural.max_concurrency:.2f}x",
+        "refused" if natural.error else f"{natural.max_concurrency:.2f}x",
         "", "", "",
     )
     return table
 
 
+def _count(n: int | None) -> str:
+    return "refused" if n is None else f"{n:,}"
+
+
+def _ratio(n: int | None, physical: int) -> str:
+    return "-" if n is None or not physical else f"{n / physical:.2f}"
+
+
 def _footer(trace: LayoutComparison) -> list[str]:
     lines = []
+    natural, longest = trace.natural, trace.capacities[-1]
     if trace.stock.error:
         lines.append(f"[red]stock vLLM refuses to start:[/red] {trace.stock.error}")
-    natural = trace.natural
+    if natural.error:
+        lines.append(f"[red]the natural layout (hybrid-alloc's plugin) refuses to start:[/red] {natural.error}")
+    elif trace.stock.error and longest.natural:
+        lines.append(
+            f"[green]The natural layout starts where stock vLLM refuses:[/green] it holds {longest.natural:,} "
+            f"request(s) of max_model_len {trace.max_model_len:,} tokens at once."
+        )
+    lines += _concurrency_lines(trace)
     if natural.state_slots_per_request:
         lines.append(
             f"A request holds {natural.state_slots_per_request} state slot(s) of {natural.state_slot_blocks} "
@@ -195,6 +225,30 @@ def _footer(trace: LayoutComparison) -> list[str]:
         if not trace.partitions:
             lines.append("No other layer partition gives more capacity.")
     lines += [f"Note: {note}" for note in (*trace.stock.notes, *natural.notes, *trace.layout.notes)]
+    return lines
+
+
+def _concurrency_lines(trace: LayoutComparison) -> list[str]:
+    """Where vLLM's logged concurrency reads more max_model_len requests than are held at once (README:
+    "Requests held at once")."""
+    stock, natural, longest = trace.stock, trace.natural, trace.capacities[-1]
+    rows = (
+        ("stock vLLM", longest.stock, stock.max_concurrency, stock.num_blocks, stock.blocks_per_request,
+         "block 0 is vLLM's null block"),
+        ("natural", longest.natural, natural.max_concurrency, natural.num_blocks,
+         natural.blocks_per_request(trace.max_model_len),
+         "block 0 is vLLM's null block" + (" and a state slot takes a whole aligned run above run 0"
+                                            if natural.state_slots_per_request else "")),
+    )
+    lines = []
+    for name, held, concurrency, num_blocks, per_request, why in rows:
+        if held is None or held == trace.settings.max_num_seqs or int(concurrency) <= held:
+            continue
+        lines.append(
+            f"{name}: {held:,} request(s) of {trace.max_model_len:,} tokens held at once where vLLM's log line "
+            f"reads {concurrency:.2f}x: it divides all {num_blocks:,} blocks by a request's {per_request:,}, "
+            f"but {why}."
+        )
     return lines
 
 

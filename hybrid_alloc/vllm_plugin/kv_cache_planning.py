@@ -36,7 +36,7 @@ from vllm.v1.kv_cache_interface import (
 )
 
 from hybrid_alloc import vllm_versions
-from hybrid_alloc.planner.natural import StageShape, StockFloor, choose_slot_blocks, objective_lengths
+from hybrid_alloc.planner.natural import StageShape, StockFloor, choose_slot_blocks, objective_lengths, one_request_error
 
 from . import capacity_log, fail_closed, patching
 from .checkpoint_interval import checkpoint_tokens
@@ -106,13 +106,9 @@ def plan(vllm_config, kv_cache_specs: list[dict], available_memory: list[int],
         vllm_config.cache_config.mamba_block_size = checkpoint
     configs = [_worker_config(vllm_config, w, shape, state_specs, num_blocks, k, checkpoint)
                for w, shape in zip(kv_cache_specs, shapes)]
-    need = configs[0].blocks_per_request(max_len)
-    usable = num_blocks - 1  # BlockPool holds block 0 back (the null block)
-    if need > usable:
-        raise ValueError(
-            f"hybrid-alloc: one request of max_model_len={max_len} needs {need} blocks of {shapes[0].block} "
-            f"tokens but the KV cache holds {usable}; increase the KV cache memory or decrease max_model_len"
-        )
+    error = one_request_error(max_len, configs[0].blocks_per_request(max_len), shapes[0].block, num_blocks)
+    if error:
+        raise ValueError(error)
     return configs
 
 
