@@ -37,9 +37,9 @@ NCCL = 512 * MiB  # communicator buffers when the stage talks to other GPUs
 # Peak activations of the profile run per batched token: ~1.2 GiB at 8192 tokens, what vLLM logs for
 # Llama-3.1-8B (hidden size 4096). The layout has no hidden size, so smaller models are overestimated.
 ACTIVATION_BYTES_PER_TOKEN = 144 * 1024
-# Memory of one captured CUDA graph (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1, on by default): vLLM logs
-# "Estimated CUDA graph memory" of 0.08 GiB for 4 graphs, 0.13 for 5, 0.17 for 7 (Qwen3.6-27B, TP 1-4) and
-# 1.62 GiB for 51 PIECEWISE + 35 FULL graphs (Qwen3.5, vllm#39559): 18-27 MiB a graph.
+# Memory of one captured CUDA graph (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1, on by default): the
+# "Estimated CUDA graph memory" lines of tests/fixtures/startup_logs (Qwen3.6-27B at TP 1-4 with 4-7
+# graphs, Qwen3.5 with 51 PIECEWISE + 35 FULL graphs in vllm#39559) give 18-27 MiB a graph.
 CUDA_GRAPH_BYTES = 20 * MiB
 
 
