@@ -44,13 +44,13 @@ def test_estimate_pieces_per_stage():
         assert got["weights: decoder layers"] == -layers * LAYER
         assert got["non-torch memory"] == -(B.NON_TORCH + B.NCCL)  # PP: the stage talks to the others
         assert got["activations (2048 tokens)"] == -2048 * B.ACTIVATION_BYTES_PER_TOKEN
-        assert got["CUDA graphs (86)"] == -86 * B.CUDA_GRAPH_BYTES
+        assert got["CUDA graphs (86)"] == -86 * layers * B.CUDA_GRAPH_BYTES_PER_LAYER
         assert budget.bytes == sum(got.values()) and budget.estimated
     assert lines(budgets[0])["weights: embeddings"] == -GiB
     assert lines(budgets[2])["weights: final norm + LM head"] == -GiB // 2
     assert "weights: embeddings" not in lines(budgets[1]) and "weights: final norm + LM head" not in lines(budgets[1])
-    # Stage 0 carries two more decoder layers and the embeddings: the smallest budget.
-    assert budgets[0].bytes == budgets[1].bytes - 2 * LAYER - GiB
+    # Stage 0 carries two more decoder layers (weights and CUDA-graph pieces) and the embeddings: the smallest.
+    assert budgets[0].bytes == budgets[1].bytes - 2 * LAYER - 2 * 86 * B.CUDA_GRAPH_BYTES_PER_LAYER - GiB
 
 
 def test_single_gpu_large_tier_has_no_nccl_and_more_batched_tokens():

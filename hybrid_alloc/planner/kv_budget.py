@@ -11,7 +11,8 @@ way ``Worker.determine_available_memory`` measures it:
              - peak activations of the profiling run        (the larger of the decoder's,
                                                              ACTIVATION_BYTES_PER_TOKEN x max_num_batched_tokens,
                                                              and the encoder's, layout.encoder_activation_bytes)
-             - CUDA graphs                                  (graphs vLLM captures x CUDA_GRAPH_BYTES, on CUDA)
+             - CUDA graphs                                  (graphs vLLM captures x decoder layers of the
+                                                             stage x CUDA_GRAPH_BYTES_PER_LAYER, on CUDA)
 
 Every subtracted line is an estimate (vLLM measures them at start-up); the output labels them so. Their
 plausible error, from real start-up logs (tests/fixtures/startup_logs): weights within ~2% of vLLM's
@@ -37,10 +38,11 @@ NCCL = 512 * MiB  # communicator buffers when the stage talks to other GPUs
 # Peak activations of the profile run per batched token: ~1.2 GiB at 8192 tokens, what vLLM logs for
 # Llama-3.1-8B (hidden size 4096). The layout has no hidden size, so smaller models are overestimated.
 ACTIVATION_BYTES_PER_TOKEN = 144 * 1024
-# Memory of one captured CUDA graph (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1, on by default): the
-# "Estimated CUDA graph memory" lines of tests/fixtures/startup_logs (Qwen3.6-27B at TP 1-4 with 4-7
-# graphs, Qwen3.5 with 51 PIECEWISE + 35 FULL graphs in vllm#39559) give 18-27 MiB a graph.
-CUDA_GRAPH_BYTES = 20 * MiB
+# Memory of one captured CUDA graph per decoder layer of the stage (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1,
+# on by default; a PIECEWISE graph is one piece per layer): the "Estimated CUDA graph memory" lines of
+# tests/fixtures/startup_logs give 300-490 KiB per graph and layer (Qwen3.6-27B, 64 layers, 4-7 graphs
+# at TP 1-4; Qwen3.5-35B-A3B, 40 layers, 86 graphs).
+CUDA_GRAPH_BYTES_PER_LAYER = 410 * 1024
 
 
 def default_max_num_batched_tokens(hardware: HardwareProfile) -> int:
@@ -148,5 +150,6 @@ def _estimate(layout: ModelLayout, settings: Settings, hardware: HardwareProfile
         lines.append(KVCacheBudgetLine(f"activations ({tokens} tokens)", -activations, estimate=True))
     if hardware.is_cuda:
         graphs = cudagraph_count(settings, hardware)
-        lines.append(KVCacheBudgetLine(f"CUDA graphs ({graphs})", -graphs * CUDA_GRAPH_BYTES, estimate=True))
+        lines.append(KVCacheBudgetLine(f"CUDA graphs ({graphs})", -graphs * (end - start) * CUDA_GRAPH_BYTES_PER_LAYER,
+                                       estimate=True))
     return KVCacheBudget(stage, tuple(lines))
