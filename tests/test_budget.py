@@ -44,13 +44,13 @@ def test_estimate_pieces_per_stage():
         assert got["weights: decoder layers"] == -layers * LAYER
         assert got["non-torch memory"] == -(B.NON_TORCH + B.NCCL)  # PP: the stage talks to the others
         assert got["activations (2048 tokens)"] == -2048 * B.ACTIVATION_BYTES_PER_TOKEN
-        assert got["CUDA graphs"] == -B.CUDA_GRAPHS
+        assert got["CUDA graphs (86)"] == -86 * layers * B.CUDA_GRAPH_BYTES_PER_LAYER
         assert budget.bytes == sum(got.values()) and budget.estimated
     assert lines(budgets[0])["weights: embeddings"] == -GiB
     assert lines(budgets[2])["weights: final norm + LM head"] == -GiB // 2
     assert "weights: embeddings" not in lines(budgets[1]) and "weights: final norm + LM head" not in lines(budgets[1])
-    # Stage 0 carries two more decoder layers and the embeddings: the smallest budget.
-    assert budgets[0].bytes == budgets[1].bytes - 2 * LAYER - GiB
+    # Stage 0 carries two more decoder layers (weights and CUDA-graph pieces) and the embeddings: the smallest.
+    assert budgets[0].bytes == budgets[1].bytes - 2 * LAYER - 2 * 86 * B.CUDA_GRAPH_BYTES_PER_LAYER - GiB
 
 
 def test_single_gpu_large_tier_has_no_nccl_and_more_batched_tokens():
@@ -75,3 +75,24 @@ def test_cpu_needs_a_memory_size():
         B.kv_cache_budgets(layout(), Settings(hardware="cpu"), get_hardware("cpu"))
     got = lines(B.kv_cache_budgets(layout(), Settings(hardware="cpu", gpu_memory=64 * GiB), get_hardware("cpu"))[0])
     assert "CUDA graphs" not in got
+
+
+@pytest.mark.parametrize("max_num_seqs, num_spec, piecewise, full", [
+    # vLLM's "Profiling CUDA graph memory: PIECEWISE=.. FULL=.." lines in real logs
+    (256, 0, 51, 35),  # vllm#39559: PIECEWISE=51 (largest=512), FULL=35 (largest=256)
+    (2, 3, 5, 0),  # club-3090#104: MTP 3, PIECEWISE=5 (largest=16)
+    (4, 3, 7, 0),  # club-3090 PR#44: PIECEWISE=7 (largest=32)
+    (1, 3, 4, 0),  # club-3090#617: PIECEWISE=4 (largest=8)
+])
+def test_cudagraph_count_matches_vllm_logs(max_num_seqs, num_spec, piecewise, full):
+    settings = Settings(max_num_seqs=max_num_seqs, num_speculative_tokens=num_spec)
+    assert B.cudagraph_count(settings, get_hardware("rtx4090")) == piecewise + full
+
+
+def test_multimodal_encoder_weights_and_profiling_peak():
+    encoder = replace(layout(), encoder_weight_bytes=GiB, encoder_activation_bytes=3 * GiB)
+    budgets = B.kv_cache_budgets(encoder, Settings(gpu_memory=48 * GiB, pp=2), get_hardware("rtx4090"))
+    first, last = lines(budgets[0]), lines(budgets[1])
+    assert first["weights: vision encoder"] == -GiB and first["activations (encoder profiling)"] == -3 * GiB
+    # The encoder runs on the first stage only; the last keeps the decoder's activations.
+    assert "weights: vision encoder" not in last and last["activations (2048 tokens)"] == -2048 * B.ACTIVATION_BYTES_PER_TOKEN

@@ -50,6 +50,10 @@ class FamilyLayout:
     tie_word_embeddings: bool
     max_position_embeddings: int
     notes: list[str] = field(default_factory=list)
+    # A multimodal encoder vLLM loads beside the decoder, for the budget estimate (per TP rank, model
+    # dtype): its parameters, and the elements live at the peak of vLLM's encoder profiling run.
+    encoder_params: float = 0
+    encoder_peak_elements: float = 0
 
     @property
     def num_decoder_layers(self) -> int:

@@ -100,6 +100,10 @@ class ModelLayout:
     weight_bytes_per_decoder_layer: tuple[int, ...] = ()
     embedding_weight_bytes: int = 0
     head_weight_bytes: int = 0
+    # A multimodal encoder (Qwen3.5/3.6 vision tower): its weights (first stage) and the estimated peak
+    # activation of vLLM's encoder profiling run; 0 for text-only architectures.
+    encoder_weight_bytes: int = 0
+    encoder_activation_bytes: int = 0
     quant_bits: int | None = None  # from quantization_config, None = unquantised
     # What "--kv-cache-dtype auto" means for this checkpoint when not the model dtype (ModelOpt fp8 KV scheme).
     checkpoint_kv_cache_dtype: str | None = None

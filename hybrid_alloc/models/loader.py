@@ -98,6 +98,8 @@ def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0, dty
         weight_bytes_per_decoder_layer=tuple(bits.layer_bytes(p) for p in fam.layer_params),
         embedding_weight_bytes=round(embedding_params * dtype_bytes(dtype)),
         head_weight_bytes=head_bytes + fam.hidden_size * dtype_bytes(dtype),  # + final norm
+        encoder_weight_bytes=round(fam.encoder_params * dtype_bytes(dtype)),
+        encoder_activation_bytes=round(fam.encoder_peak_elements * dtype_bytes(dtype)),
         quant_bits=bits.nominal,
         checkpoint_kv_cache_dtype=kv_dtype,
         notes=tuple(notes),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from hybrid_alloc.models.family import Context, FamilyLayout, attention_layer, kv_heads_per_rank
 from hybrid_alloc.models.layout import CacheLayer
 from hybrid_alloc.models.state_shapes import gated_delta_net_state
-from hybrid_alloc.models.weights import Params, attention_params, gated_mlp_params, moe_params
+from hybrid_alloc.models.weights import Params, attention_params, gated_mlp_params, moe_params, qwen_vision_params
 
 MODEL_TYPES = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_5", "qwen3_5_moe", "qwen3_next")
 LINEAR_ATTENTION_LAYER_TYPES = True  # "linear_attention" in transformers' layer_types (cpu_platform)
@@ -20,6 +20,20 @@ _SSM_DTYPE_ARCHS = ("Qwen3_5ForCausalLM", "Qwen3_5ForConditionalGeneration",
                     "Qwen3_5MoeForCausalLM", "Qwen3_5MoeForConditionalGeneration")
 # Multimodal wrappers build the text model under "language_model".
 _NESTED_ARCHS = ("Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration")
+# The largest image vLLM's profiling run feeds the vision tower, in merged (LM) tokens: the Qwen3-VL
+# processor's max_pixels, as vLLM logs it ("Encoder cache will be initialized with a budget of 16384 tokens,
+# and profiled with 1 image items of the maximum feature size").
+PROFILE_IMAGE_TOKENS = 16384
+
+
+def _vision_encoder(vision: dict, tp: int) -> tuple[float, float]:
+    """(parameters, elements live at the profiling peak) of the vision tower, per TP rank. The peak is an
+    estimate: in the MLP of one block over all patches of the profiling image, fc1's output and its GELU
+    (2 x intermediate / tp per patch) beside ~4 hidden-size buffers (residual, norm, attention and fc2
+    outputs). Real logs of Qwen3.5/3.6 show 1.4-2.2 GiB of peak activation; this gives 1.7 GiB at TP 1."""
+    patches = PROFILE_IMAGE_TOKENS * int(vision.get("spatial_merge_size", 2)) ** 2
+    peak = patches * (2 * int(vision["intermediate_size"]) / tp + 4 * int(vision["hidden_size"]))
+    return qwen_vision_params(vision, tp), peak
 
 
 def _layer_types(ctx: Context, n: int) -> list[str]:
@@ -80,11 +94,18 @@ def build(ctx: Context) -> FamilyLayout:
     if mtp:
         notes.append(f"{mtp} MTP layer(s) hold no cache and no weights here unless speculative decoding uses "
                      "them (--speculative-config method mtp adds their weights and attention KV cache as a draft model)")
+    encoder_params = encoder_peak = 0.0
     if cfg.architecture in _NESTED_ARCHS:
-        notes.append("vision encoder weights are not in the estimate (vLLM loads them for multimodal architectures)")
+        vision = cfg.top.get("vision_config")
+        if vision:
+            encoder_params, encoder_peak = _vision_encoder(vision, tp)
+        else:
+            notes.append("no vision_config in this config: the vision encoder vLLM loads for this multimodal "
+                         "architecture (about 0.9 GiB in bf16 for Qwen3.5/3.6) is not in the estimate")
     if ssm_dtype != "auto" and ctx.mamba_ssm_cache_dtype == "auto":
         notes.append(f"GDN recurrent state in {ssm_dtype} (config mamba_ssm_dtype)")
     return FamilyLayout(layers=layers, layer_params=params, hidden_size=hidden,
                         vocab_size=cfg.int("vocab_size", 151936 if cfg.model_type == "qwen3_next" else 248320),
                         tie_word_embeddings=cfg.tie_word_embeddings(False),
-                        max_position_embeddings=cfg.int("max_position_embeddings", 32768), notes=notes)
+                        max_position_embeddings=cfg.int("max_position_embeddings", 32768), notes=notes,
+                        encoder_params=encoder_params, encoder_peak_elements=encoder_peak)

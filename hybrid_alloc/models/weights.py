@@ -140,3 +140,22 @@ def mamba2_params(hidden: int, intermediate: int, n_groups: int, num_heads: int,
     conv_dim = intermediate + 2 * n_groups * state_size
     mixer = (hidden * (intermediate + conv_dim + num_heads) + conv_dim * conv_kernel + intermediate * hidden) / tp
     return Params(mixer=mixer, other=(3 * num_heads + intermediate) / tp + hidden)
+
+
+def qwen_vision_params(vision: dict[str, Any], tp: int) -> float:
+    """The Qwen3-VL vision tower that vLLM loads for ``Qwen3_5(Moe)ForConditionalGeneration``
+    (``models/qwen3_vl.py`` ``Qwen3_VisionTransformer``): patch embedding (Conv3d), position embedding,
+    ``depth`` blocks (qkv + proj attention, fc1/fc2 MLP, two LayerNorms, biases) and the patch merger
+    (LayerNorm, fc1 over ``spatial_merge_size**2`` patches, fc2 to ``out_hidden_size``), plus one merger per
+    ``deepstack_visual_indexes`` entry. Linear layers are column/row parallel (split by TP); embeddings,
+    norms and biases of row-parallel layers are counted whole."""
+    h, inter = int(vision["hidden_size"]), int(vision["intermediate_size"])
+    patch, temporal = int(vision.get("patch_size", 16)), int(vision.get("temporal_patch_size", 2))
+    merged = h * int(vision.get("spatial_merge_size", 2)) ** 2
+    out = int(vision.get("out_hidden_size", h))
+    embed = int(vision.get("in_channels", 3)) * temporal * patch * patch * h + h \
+        + int(vision.get("num_position_embeddings", 2304)) * h
+    block = (4 * h * h + 2 * h * inter) / tp + 3 * h / tp + inter / tp + 2 * h + 4 * h
+    merger = (merged * merged + merged * out) / tp + merged / tp + out + 2 * h
+    mergers = 1 + len(vision.get("deepstack_visual_indexes") or [])
+    return embed + int(vision["depth"]) * block + mergers * merger

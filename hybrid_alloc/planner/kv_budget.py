@@ -4,14 +4,20 @@
 way ``Worker.determine_available_memory`` measures it:
 
     budget = ceil(memory x gpu_memory_utilization)          (vLLM's requested_memory)
-             - weights of the stage                         (decoder layers; embeddings on the first
-                                                             stage, final norm + LM head on the last)
+             - weights of the stage                         (decoder layers; embeddings and a multimodal
+                                                             encoder on the first stage, final norm + LM
+                                                             head on the last)
              - non-torch memory                             (NON_TORCH, + NCCL when tp x pp > 1)
-             - peak activations                             (ACTIVATION_BYTES_PER_TOKEN x
-                                                             max_num_batched_tokens)
-             - CUDA graphs                                  (CUDA_GRAPHS on CUDA devices)
+             - peak activations of the profiling run        (the larger of the decoder's,
+                                                             ACTIVATION_BYTES_PER_TOKEN x max_num_batched_tokens,
+                                                             and the encoder's, layout.encoder_activation_bytes)
+             - CUDA graphs                                  (graphs vLLM captures x decoder layers of the
+                                                             stage x CUDA_GRAPH_BYTES_PER_LAYER, on CUDA)
 
-Every subtracted line is an estimate (vLLM measures them at start-up); the output labels them so.
+Every subtracted line is an estimate (vLLM measures them at start-up); the output labels them so. Their
+plausible error, from real start-up logs (tests/fixtures/startup_logs): weights within ~2% of vLLM's
+"Model loading took" for unquantised checkpoints; activations +-30%; CUDA graphs +-40% (0.1-0.3 GiB for
+few graphs, 1-1.6 GiB for the ~90 graphs of vLLM's defaults); non-torch memory +-0.2 GiB.
 """
 
 from __future__ import annotations
@@ -32,13 +38,37 @@ NCCL = 512 * MiB  # communicator buffers when the stage talks to other GPUs
 # Peak activations of the profile run per batched token: ~1.2 GiB at 8192 tokens, what vLLM logs for
 # Llama-3.1-8B (hidden size 4096). The layout has no hidden size, so smaller models are overestimated.
 ACTIVATION_BYTES_PER_TOKEN = 144 * 1024
-CUDA_GRAPHS = 512 * MiB  # vLLM's CUDA-graph memory estimate (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1)
+# Memory of one captured CUDA graph per decoder layer of the stage (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1,
+# on by default; a PIECEWISE graph is one piece per layer): the "Estimated CUDA graph memory" lines of
+# tests/fixtures/startup_logs give 300-490 KiB per graph and layer (Qwen3.6-27B, 64 layers, 4-7 graphs
+# at TP 1-4; Qwen3.5-35B-A3B, 40 layers, 86 graphs).
+CUDA_GRAPH_BYTES_PER_LAYER = 410 * 1024
 
 
 def default_max_num_batched_tokens(hardware: HardwareProfile) -> int:
     """``vllm serve``'s default (EngineArgs.get_batch_defaults): 8192 on the >= 70 GiB tier (the one
     whose max_num_seqs default is 1024), 2048 elsewhere."""
     return 8192 if hardware.default_max_num_seqs >= 1024 else 2048
+
+
+def max_num_batched_tokens(settings: Settings, hardware: HardwareProfile) -> int:
+    """The stated ``--max-num-batched-tokens`` where Settings carries one, else vLLM's default."""
+    return getattr(settings, "max_num_batched_tokens", None) or default_max_num_batched_tokens(hardware)
+
+
+def cudagraph_count(settings: Settings, hardware: HardwareProfile) -> int:
+    """The graphs vLLM captures by default (``VllmConfig._set_cudagraph_sizes``, cudagraph_mode
+    FULL_AND_PIECEWISE): one PIECEWISE graph per capture size -- [1, 2, 4], every 8 below 256, every 16
+    from 256, up to min(max_num_seqs x decode query length x 2, 512; 1024 on SM100) and
+    max_num_batched_tokens -- and, without speculative decoding, one FULL decode graph per capture size up
+    to max_num_seqs (with it, backends often fall back to PIECEWISE only: not counted)."""
+    query_len = 1 + settings.num_speculative_tokens
+    ceiling = 1024 if (hardware.compute_capability or (0, 0))[0] == 10 else 512
+    largest = min(settings.max_num_seqs * query_len * 2, ceiling, max_num_batched_tokens(settings, hardware))
+    sizes = [n for n in (1, 2, 4) if n <= largest] + list(range(8, min(largest + 1, 256), 8)) \
+        + list(range(256, largest + 1, 16))
+    full = [n for n in sizes if n <= settings.max_num_seqs] if settings.num_speculative_tokens == 0 else []
+    return len(sizes) + len(full)
 
 
 @dataclass(frozen=True)
@@ -103,13 +133,23 @@ def _estimate(layout: ModelLayout, settings: Settings, hardware: HardwareProfile
     ]
     if stage == 0:
         lines.append(KVCacheBudgetLine("weights: embeddings", -layout.embedding_weight_bytes, estimate=True))
+        if layout.encoder_weight_bytes:
+            lines.append(KVCacheBudgetLine("weights: vision encoder", -layout.encoder_weight_bytes, estimate=True))
     if stage == settings.pp - 1:
         lines.append(KVCacheBudgetLine("weights: final norm + LM head", -layout.head_weight_bytes, estimate=True))
     non_torch = NON_TORCH + (NCCL if settings.tp * settings.pp > 1 else 0)
     lines.append(KVCacheBudgetLine("non-torch memory", -non_torch, estimate=True))
-    tokens = default_max_num_batched_tokens(hardware)
+    # The profiling run's peak: the decoder's forward over max_num_batched_tokens, or the multimodal
+    # encoder's over the largest input (first stage), whichever is larger (they run one after the other).
+    tokens = max_num_batched_tokens(settings, hardware)
     activations = ACTIVATION_BYTES_PER_TOKEN * tokens
-    lines.append(KVCacheBudgetLine(f"activations ({tokens} tokens)", -activations, estimate=True))
+    if stage == 0 and layout.encoder_activation_bytes > activations:
+        lines.append(KVCacheBudgetLine("activations (encoder profiling)", -layout.encoder_activation_bytes,
+                                       estimate=True))
+    else:
+        lines.append(KVCacheBudgetLine(f"activations ({tokens} tokens)", -activations, estimate=True))
     if hardware.is_cuda:
-        lines.append(KVCacheBudgetLine("CUDA graphs", -CUDA_GRAPHS, estimate=True))
+        graphs = cudagraph_count(settings, hardware)
+        lines.append(KVCacheBudgetLine(f"CUDA graphs ({graphs})", -graphs * (end - start) * CUDA_GRAPH_BYTES_PER_LAYER,
+                                       estimate=True))
     return KVCacheBudget(stage, tuple(lines))
