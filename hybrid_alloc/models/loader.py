@@ -10,7 +10,8 @@ from hybrid_alloc.models.family import Context
 from hybrid_alloc.models.hf_config import HFConfig, read_json
 from hybrid_alloc.models.layout import ModelLayout, dtype_bytes
 from hybrid_alloc.models.registry import MODEL_TYPES, supported_model_types
-from hybrid_alloc.models.weights import padded_vocab_rows, weight_bits
+from hybrid_alloc.models.vision import is_multimodal, vision_encoder_params
+from hybrid_alloc.models.weights import padded_vocab_rows, quantization_config, weight_bits
 
 
 def _resolve(model: str) -> tuple[str, str, Path]:
@@ -48,10 +49,12 @@ MAMBA_DTYPES = ("auto", "float32", "float16", "bfloat16")  # vLLM's MambaDType
 
 
 def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0, dtype: str | None = None,
-                mamba_ssm_cache_dtype: str = "auto", cpu_avx512_bf16: bool = False) -> ModelLayout:
+                mamba_ssm_cache_dtype: str = "auto", cpu_avx512_bf16: bool = False, quantization: str | None = None,
+                language_model_only: bool = False) -> ModelLayout:
     """``dtype``: vLLM's ``--dtype`` (None: "auto", resolved from the config as vLLM does);
     ``mamba_ssm_cache_dtype``: ``--mamba-ssm-cache-dtype``; ``cpu_avx512_bf16``: the layout vLLM's CPU
-    backend builds on an AVX512-BF16 CPU (``hybrid_alloc.models.cpu_platform``; False on GPUs)."""
+    backend builds on an AVX512-BF16 CPU (``hybrid_alloc.models.cpu_platform``; False on GPUs);
+    ``quantization`` / ``language_model_only``: ``--quantization`` / ``--language-model-only`` (weights only)."""
     if tp < 1 or num_speculative_tokens < 0:
         raise ModelConfigError(f"tp must be >= 1 and num_speculative_tokens >= 0 (got {tp}, {num_speculative_tokens})")
     if mamba_ssm_cache_dtype not in MAMBA_DTYPES:
@@ -69,10 +72,19 @@ def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0, dty
                   linear_attention_layer_types=family.LINEAR_ATTENTION_LAYER_TYPES)
     fam = family.build(ctx)
 
-    bits = weight_bits(cfg, dtype)
+    bits = weight_bits(cfg, dtype, quantization_config(cfg, quantization))
     embedding_params = padded_vocab_rows(fam.vocab_size, tp) * fam.hidden_size
     head_bytes = 0 if fam.tie_word_embeddings else round(embedding_params * bits.head / 8)
     notes = list(fam.notes)
+    vision_params = None if language_model_only else vision_encoder_params(cfg, tp)
+    if is_multimodal(cfg):
+        notes.append(
+            "--language-model-only: the vision encoder is not loaded" if language_model_only
+            else "vision encoder weights are not in the estimate (vLLM loads them on the first stage; this "
+            "config has no vision_config)" if vision_params is None
+            else f"vision encoder: {vision_params * dtype_bytes(dtype) / 2**30:.2f} GiB of weights on the first "
+            "stage, counted with the embeddings (--language-model-only drops it)"
+        )
     if cfg.defaulted:
         notes.append(f"absent from the config, read at the config class default: {', '.join(cfg.defaulted)}")
     if ctx.cpu_rule_change:
@@ -95,7 +107,7 @@ def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0, dty
         tp=tp,
         num_speculative_tokens=num_speculative_tokens,
         weight_bytes_per_decoder_layer=tuple(bits.layer_bytes(p) for p in fam.layer_params),
-        embedding_weight_bytes=round(embedding_params * dtype_bytes(dtype)),
+        embedding_weight_bytes=round((embedding_params + (vision_params or 0)) * dtype_bytes(dtype)),
         head_weight_bytes=head_bytes + fam.hidden_size * dtype_bytes(dtype),  # + final norm
         quant_bits=bits.nominal,
         checkpoint_kv_cache_dtype=kv_dtype,

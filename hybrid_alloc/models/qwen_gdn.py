@@ -80,8 +80,6 @@ def build(ctx: Context) -> FamilyLayout:
     if mtp:
         notes.append(f"{mtp} MTP layer(s) hold no cache and no weights here unless speculative decoding uses "
                      "them (--speculative-config method mtp adds their weights and attention KV cache as a draft model)")
-    if cfg.architecture in _NESTED_ARCHS:
-        notes.append("vision encoder weights are not in the estimate (vLLM loads them for multimodal architectures)")
     if ssm_dtype != "auto" and ctx.mamba_ssm_cache_dtype == "auto":
         notes.append(f"GDN recurrent state in {ssm_dtype} (config mamba_ssm_dtype)")
     return FamilyLayout(layers=layers, layer_params=params, hidden_size=hidden,

@@ -53,7 +53,8 @@ def compare_model(model: str, settings: Settings) -> LayoutComparison:
     rule = cpu_rule(get_hardware(settings.hardware), settings.cpu_avx512_bf16)
     layout = load_layout(model, tp=settings.tp, num_speculative_tokens=settings.num_speculative_tokens,
                          mamba_ssm_cache_dtype=settings.mamba_ssm_cache_dtype,
-                         cpu_avx512_bf16=bool(rule and rule.avx512_bf16))
+                         cpu_avx512_bf16=bool(rule and rule.avx512_bf16), quantization=settings.quantization,
+                         language_model_only=settings.language_model_only)
     return compare_layout(layout, settings, rule)
 
 
