@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with prefix caching; vLLM's hybrid alignment sets it to the block size on stages "
                        "with attention")
     trace.add_argument("--mamba-cache-mode", choices=MAMBA_CACHE_MODES,
-                       help="no effect, as in vLLM: the mode follows --prefix-caching (align) / --no-prefix-caching (none)")
+                       help="no effect, as in vLLM: the mode follows --prefix-caching (align) / "
+                       "--no-prefix-caching (none)")
     trace.add_argument("--mamba-ssm-cache-dtype", choices=MAMBA_DTYPES, default="auto",
                        help="vLLM's --mamba-ssm-cache-dtype (auto: the model's choice)")
     trace.add_argument("--quantization", "-q", choices=VLLM_QUANTIZATION_METHODS, metavar="METHOD",

@@ -98,7 +98,8 @@ def _flashinfer_facts() -> dict:
     for node in cls.body:
         if isinstance(node, ast.AnnAssign) and node.target.id == "supported_kv_cache_dtypes":
             facts["dtypes"] = ast.literal_eval(node.value)
-        if isinstance(node, ast.FunctionDef) and node.name in ("get_supported_head_sizes", "supports_compute_capability"):
+        if isinstance(node, ast.FunctionDef) and node.name in ("get_supported_head_sizes",
+                                                                "supports_compute_capability"):
             node = copy.deepcopy(node)
             node.decorator_list = []
             namespace = {"DeviceCapability": DeviceCapability}

@@ -12,6 +12,9 @@ from __future__ import annotations
 from hybrid_alloc.models.hf_config import HFConfig
 
 
+_REQUIRED = ("depth", "hidden_size", "intermediate_size")
+
+
 def is_multimodal(cfg: HFConfig) -> bool:
     """A vision-language architecture (vLLM's multimodal ``...ForConditionalGeneration`` classes)."""
     return cfg.architecture.endswith("ForConditionalGeneration")
@@ -21,7 +24,7 @@ def vision_encoder_params(cfg: HFConfig, tp: int) -> float | None:
     """Parameters of the vision encoder on one TP rank; None when the config has no ``vision_config``
     with a Qwen3-VL shape (e.g. a bundled, flattened text config)."""
     v = cfg.top.get("vision_config")
-    if not isinstance(v, dict) or not all(isinstance(v.get(k), int) for k in ("depth", "hidden_size", "intermediate_size")):
+    if not isinstance(v, dict) or not all(isinstance(v.get(k), int) for k in _REQUIRED):
         return None
     h, inter = v["hidden_size"], v["intermediate_size"]
     merged = v.get("spatial_merge_size", 2) ** 2 * h

@@ -78,9 +78,11 @@ HARDWARE: dict[str, HardwareProfile] = {
     p.name: p
     for p in (
         _profile("rtx3060", "NVIDIA GeForce RTX 3060 12 GB", 11.75, (8, 6), "FLASH_ATTN", 256),
+        # 9.78 GiB: zai-org/CogVideo#34
         _profile("rtx3080", "NVIDIA GeForce RTX 3080 10 GB", 9.78, (8, 6), "FLASH_ATTN", 256),
         # 23.70 GiB: GaoLii/DSP#10
         _profile("rtx3090", "NVIDIA GeForce RTX 3090 24 GB", 23.70, (8, 6), "FLASH_ATTN", 256),
+        # 23.65 GiB: TRI-ML/packnet-sfm#250
         _profile("rtx4090", "NVIDIA GeForce RTX 4090 24 GB", 23.65, (8, 9), "FLASH_ATTN", 256),
         # 31.36 GiB (estimate; 33,677,180,928 B); SM 12.0: FA2 first (FlashAttention has no fp8 there)
         _profile("rtx5090", "NVIDIA GeForce RTX 5090 32 GB", 31.36, (12, 0), "FLASH_ATTN", 256),

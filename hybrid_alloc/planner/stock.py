@@ -179,7 +179,9 @@ def _stage_config(
     ``_align_hybrid_block_size`` for one pipeline stage."""
     align = settings.mamba_cache_mode == "align"
     # --block-size is the config's block size (CacheConfig.user_specified_block_size)
-    config_block = settings.block_size or (hw.default_block_size if rules.cpu_block_size_at_config else DEFAULT_BLOCK_SIZE)
+    config_block = settings.block_size or (
+        hw.default_block_size if rules.cpu_block_size_at_config else DEFAULT_BLOCK_SIZE
+    )
     # MambaModelConfig: "align" -> --mamba-block-size, else block_size (as configured so far); "none" ->
     # max_model_len
     mamba_block_size = (settings.mamba_block_size or config_block) if align else max_model_len
