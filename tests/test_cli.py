@@ -211,7 +211,7 @@ def test_block_size_and_mamba_block_size(capsys):
     assert _json(["qwen3.5-9b", *PINNED, "--block-size", str(2 * hybrid)], capsys)["stages"][0]["stock"][
         "block_size"] == 2 * hybrid
     # --mamba-block-size: overwritten by the alignment on a stage with attention (vLLM's parity:
-    # tests/test_flags_parity.py)
+    # tests/test_stock_parity_flags.py)
     assert _without_settings(_json(["qwen3.5-9b", *PINNED, "--mamba-block-size", "256"], capsys)) == \
         _without_settings(_json(["qwen3.5-9b", *PINNED], capsys))
 

@@ -34,7 +34,7 @@ def test_attention_backend(name, kv_dtype, head_size, backend):
 
 
 def test_gdn_flashinfer_prefill_on_hopper_and_blackwell():
-    """SM90 (H20 included), SM10.x and SM12.x; not Ampere / Ada (tests/test_flags_parity.py runs vLLM's rule)."""
+    """SM90 (H20 included), SM10.x and SM12.x; not Ampere / Ada (tests/test_stock_parity_flags.py runs vLLM's rule)."""
     assert {n for n, hw in HARDWARE.items() if hw.gdn_prefill_flashinfer} == {"h100", "h20", "h200", "b200", "rtx5090",
                                                                               "gb10"}
 

@@ -8,7 +8,7 @@ from hybrid_alloc import vllm_versions
 
 SUPPORTED_VLLM_VERSIONS = tuple(reversed(vllm_versions.VERSIONS))  # newest first: the default
 # vLLM's CacheDType (vllm/config/cache.py): every --kv-cache-dtype `vllm serve` accepts
-# (tests/test_flags_parity.py compares the two).
+# (tests/test_stock_parity_flags.py compares the two).
 VLLM_KV_CACHE_DTYPES = (
     "auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla", "nvfp4_ds_mla",
     "turboquant_k8v4", "turboquant_4bit_nc", "turboquant_k3v4_nc", "turboquant_3bit_nc", "octave_k3v4",

@@ -1,5 +1,8 @@
 """The trace's vLLM engine flags and GPU profiles against vLLM 0.33's own code.
 
+(Named after test_stock_parity.py, whose harness it imports: collected after the modules that import vLLM's
+workers before that harness reports CUDA.)
+
 - The accepted values (--kv-cache-dtype, --quantization, --mamba-cache-mode, --mamba-ssm-cache-dtype) are
   vLLM's Literal types.
 - Page bytes per token of every planned --kv-cache-dtype: vLLM's ``FullAttentionSpec``.
