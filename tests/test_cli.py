@@ -246,6 +246,7 @@ def test_quantization_shrinks_the_weights_of_a_bundled_name():
     for method, bits in (("awq", 4.25), ("gptq_marlin", 4.25), ("modelopt_fp4", 4.5), ("fp8", 8)):
         ratio = _decoder_weights(load_layout("qwen3.5-9b", quantization=method)) / bf16
         assert bits / 16 < ratio < bits / 16 + 0.005, method
+    assert any("awq checkpoint" in note for note in load_layout("qwen3.5-9b", quantization="awq").notes)
 
 
 def test_quantization_must_match_the_checkpoint(capsys):

@@ -76,6 +76,9 @@ def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0, dty
     embedding_params = padded_vocab_rows(fam.vocab_size, tp) * fam.hidden_size
     head_bytes = 0 if fam.tie_word_embeddings else round(embedding_params * bits.head / 8)
     notes = list(fam.notes)
+    if quantization and not cfg.quantization_config:
+        notes.append(f"weights estimated for a {quantization} checkpoint (--quantization; this config has no "
+                     "quantization_config)")
     vision_params = None if language_model_only else vision_encoder_params(cfg, tp)
     if is_multimodal(cfg):
         notes.append(
