@@ -143,7 +143,9 @@ def test_attention_backend_follows_vllms_priorities(hw):
 
     order = _backend_priorities(hw.compute_capability)
     assert order[-1] == "TRITON_ATTN"
-    for head_size in (64, 80, 128, 256, 512):
+    # Head sizes over 256 are left out: FlashAttention takes them where FA4 is installed (is_fa_version_supported),
+    # an install-time fact the planner does not model.
+    for head_size in (64, 80, 96, 128, 256):
         for dtype in KV_CACHE_DTYPES:
             expected = next(b for b in order if valid(b, head_size, dtype))
             assert attention_backend(hw, head_size, dtype) == expected, (head_size, dtype)

@@ -145,8 +145,9 @@ def attention_backend(hardware: HardwareProfile, head_size: int, kv_cache_dtype:
 
 
 def _flash_attn_supports(capability: tuple[int, int], head_size: int, kv_cache_dtype: str) -> bool:
-    """FlashAttention: SM80+, head_size % 8 == 0 and <= 256; an fp8 KV cache only as fp8/fp8_e4m3 with
-    FA3 (SM90) or FA4 (SM10.x) (``flash_attn_supports_kv_cache_dtype``; never fp8_e5m2)."""
+    """FlashAttention: SM80+, head_size % 8 == 0 and <= 256 (up to 512 only where FA4 is installed: not
+    modelled); an fp8 KV cache only as fp8/fp8_e4m3 with FA3 (SM90) or FA4 (SM10.x)
+    (``flash_attn_supports_kv_cache_dtype``; never fp8_e5m2)."""
     if capability < (8, 0) or head_size % 8 or head_size > 256:
         return False
     if kv_cache_dtype.startswith("fp8"):
