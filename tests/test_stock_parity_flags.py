@@ -226,3 +226,21 @@ def test_mamba_block_size_needs_prefix_caching(tmp_path_factory):
         _vllm_config(model_dir, "auto", False, 1, None, 256)
     assert _vllm_config(model_dir, "auto", False, 1, None, MAX_MODEL_LEN).cache_config.mamba_cache_mode == "none"
 
+
+
+@pytest.mark.parametrize("hardware", ["rtx3060", "h20"])
+def test_mamba_block_size_on_a_state_only_stage(hardware, tmp_path_factory):
+    """Nemotron-Nano-9B-v2 at PP=4 has a stage without attention: vLLM's alignment skips it, so
+    --mamba-block-size stays the block of its state group (and splits the groups)."""
+    hw = HARDWARE[hardware]
+    model_dir = _model_dir("nvidia--NVIDIA-Nemotron-Nano-9B-v2.json", str(tmp_path_factory.getbasetemp()))
+    with mock.patch.object(_Cuda, "capability", DeviceCapability(*hw.compute_capability)):
+        for mamba_block_size in (None, 256, 2048):
+            vc = _vllm_config(model_dir, "auto", True, 4, None, mamba_block_size)
+            layout = _layout(vc)
+            backend = BACKENDS[attention_backend(hw, vc.model_config.get_head_size(), "auto")]
+            settings = Settings(hardware=hardware, pp=4, max_model_len=_max_len(model_dir),
+                                mamba_block_size=mamba_block_size)
+            budgets = [6 * GiB] * 4
+            ours = _our_plan(layout, settings, budgets)
+            assert ours == _vllm_plan(_workers(vc, layout, backend), budgets), mamba_block_size
