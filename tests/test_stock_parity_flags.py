@@ -37,6 +37,7 @@ from test_stock_parity import (  # noqa: F401 (imports vLLM with the test platfo
 )
 
 import vllm  # noqa: E402
+from hybrid_alloc.errors import UserError
 from hybrid_alloc.models.layout import CacheLayer
 from hybrid_alloc.models.loader import MAMBA_DTYPES
 from hybrid_alloc.planner.hardware import HARDWARE, attention_backend
@@ -244,3 +245,14 @@ def test_mamba_block_size_on_a_state_only_stage(hardware, tmp_path_factory):
             budgets = [6 * GiB] * 4
             ours = _our_plan(layout, settings, budgets)
             assert ours == _vllm_plan(_workers(vc, layout, backend), budgets), mamba_block_size
+
+
+def test_explicit_float_kv_cache_dtype_must_be_the_model_dtype(tmp_path_factory):
+    """VllmConfig._reject_mismatched_float_kv_cache."""
+    model_dir = _model_dir("Qwen--Qwen3.5-9B.json", str(tmp_path_factory.getbasetemp()))
+    layout = _layout(_vllm_config(model_dir, "bfloat16", True, 1, None, None))
+    assert layout.dtype == "bfloat16" and layout.resolve_kv_cache_dtype("bfloat16") == "bfloat16"
+    with pytest.raises(ValueError, match='kv_cache_dtype="float16" is incompatible'):
+        _vllm_config(model_dir, "float16", True, 1, None, None)
+    with pytest.raises(UserError, match="--kv-cache-dtype float16 is incompatible"):
+        layout.resolve_kv_cache_dtype("float16")

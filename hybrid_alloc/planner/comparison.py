@@ -55,6 +55,7 @@ def compare_model(model: str, settings: Settings) -> LayoutComparison:
                          mamba_ssm_cache_dtype=settings.mamba_ssm_cache_dtype,
                          cpu_avx512_bf16=bool(rule and rule.avx512_bf16), quantization=settings.quantization,
                          language_model_only=settings.language_model_only)
+    layout.resolve_kv_cache_dtype(settings.kv_cache_dtype)  # vLLM's config checks come before any budget
     return compare_layout(layout, settings, rule)
 
 
