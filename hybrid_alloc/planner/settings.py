@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from hybrid_alloc import vllm_versions
 
 SUPPORTED_VLLM_VERSIONS = tuple(reversed(vllm_versions.VERSIONS))  # newest first: the default
-# vLLM's CacheDType (vllm/config/cache.py): every --kv-cache-dtype `vllm serve` accepts
+# vLLM's CacheDType (vllm/config/cache.py, vllm_versions.LATEST): every --kv-cache-dtype `vllm serve` accepts
 # (tests/test_stock_parity_flags.py compares the two).
 VLLM_KV_CACHE_DTYPES = (
     "auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla", "nvfp4_ds_mla",
@@ -18,7 +18,7 @@ VLLM_KV_CACHE_DTYPES = (
 # The ones the planner lays out: one dtype per element, no scales in the page (fp8 = fp8_e4m3, 1 byte).
 KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2")
 MAMBA_CACHE_MODES = ("align", "none")  # vLLM's MambaCacheMode
-# vLLM's QuantizationMethods (vllm/model_executor/layers/quantization/__init__.py): every --quantization
+# vLLM's QuantizationMethods (vllm/model_executor/layers/quantization/__init__.py, LATEST): every --quantization
 # `vllm serve` accepts (the planner estimates the weights of those in models.weights.QUANTIZATION_CONFIGS, and
 # of any a config's quantization_config names).
 VLLM_QUANTIZATION_METHODS = (
