@@ -12,8 +12,15 @@ from hybrid_alloc.errors import UserError
 from hybrid_alloc.models.loader import MAMBA_DTYPES
 from hybrid_alloc.models.max_model_len import allow_long_max_model_len
 from hybrid_alloc.planner.comparison import StartupRefusal, compare_model
-from hybrid_alloc.planner.hardware import get_hardware
-from hybrid_alloc.planner.settings import KV_CACHE_DTYPES, SUPPORTED_VLLM_VERSIONS, Settings
+from hybrid_alloc.planner.hardware import HARDWARE, get_hardware
+from hybrid_alloc.planner.settings import (
+    KV_CACHE_DTYPES,
+    MAMBA_CACHE_MODES,
+    SUPPORTED_VLLM_VERSIONS,
+    VLLM_KV_CACHE_DTYPES,
+    VLLM_QUANTIZATION_METHODS,
+    Settings,
+)
 from hybrid_alloc.report import json_report, render
 from hybrid_alloc.report.plot import write_plot
 from hybrid_alloc.validation import validate, verify
@@ -23,7 +30,6 @@ from hybrid_alloc.validation import validate, verify
 DEFAULT_MODEL = "qwen3.5-9b"
 DEFAULT_PP = 3
 DEFAULT_MAX_MODEL_LEN = 32768
-HARDWARE_CHOICES = ("rtx3060", "rtx3080", "rtx4090", "a100", "h100", "h200", "cpu")
 
 _UNITS = {
     "": 1, "b": 1,
@@ -77,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"config.json, a model folder or a bundled name (default: {DEFAULT_MODEL} with --pp {DEFAULT_PP} "
         f"--max-model-len {DEFAULT_MAX_MODEL_LEN})",
     )
-    trace.add_argument("--hardware", choices=HARDWARE_CHOICES, default="rtx3060")
+    trace.add_argument("--hardware", choices=tuple(HARDWARE), default="rtx3060")
     trace.add_argument("--pp", type=_number(int, 1), help=f"pipeline stages (default: 1; {DEFAULT_PP} with no MODEL)")
     trace.add_argument("--tp", type=_number(int, 1), default=1)
     trace.add_argument(
@@ -93,9 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
         "RoPE scaling); above it vLLM refuses to start unless $VLLM_ALLOW_LONG_MAX_MODEL_LEN=1"
     )
     trace.add_argument("--max-num-seqs", type=_number(int, 1), help="default: vLLM's for the hardware")
-    trace.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto")
+    # The engine arguments below mean what they mean to `vllm serve`.
+    trace.add_argument("--kv-cache-dtype", choices=VLLM_KV_CACHE_DTYPES, default="auto", metavar="DTYPE",
+                       help=f"planned: {', '.join(KV_CACHE_DTYPES)} (the other values vLLM accepts are refused)")
+    trace.add_argument("--block-size", type=_number(int, 1),
+                       help="attention tokens per block before vLLM's hybrid alignment (default: the backend's)")
+    trace.add_argument("--mamba-block-size", type=_number(int, 1),
+                       help="with prefix caching; vLLM's hybrid alignment sets it to the block size on stages "
+                       "with attention")
+    trace.add_argument("--mamba-cache-mode", choices=MAMBA_CACHE_MODES,
+                       help="no effect, as in vLLM: the mode follows --prefix-caching (align) / "
+                       "--no-prefix-caching (none)")
     trace.add_argument("--mamba-ssm-cache-dtype", choices=MAMBA_DTYPES, default="auto",
                        help="vLLM's --mamba-ssm-cache-dtype (auto: the model's choice)")
+    trace.add_argument("--quantization", "-q", choices=VLLM_QUANTIZATION_METHODS, metavar="METHOD",
+                       help="the checkpoint's quantization method (weights only: the budget estimate), e.g. awq, "
+                       "gptq, fp8, modelopt_fp4 for a bundled name traced for a quantised checkpoint")
+    trace.add_argument("--language-model-only", action="store_true",
+                       help="vision-language models: the vision encoder is not loaded (weights only)")
     trace.add_argument(
         "--cpu-avx512-bf16", action=argparse.BooleanOptionalAction, default=None,
         help="--hardware cpu: whether the target CPU has AVX512-BF16 (vLLM then keeps SSM state in float32); "
@@ -121,6 +142,18 @@ def trace_settings(args: argparse.Namespace) -> Settings:
     hardware = get_hardware(args.hardware)
     if args.cpu_avx512_bf16 is not None and hardware.is_cuda:
         raise UserError("--cpu-avx512-bf16 / --no-cpu-avx512-bf16 describe a CPU backend: use them with --hardware cpu")
+    if args.kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise UserError(
+            f"--kv-cache-dtype {args.kv_cache_dtype}: vLLM accepts it, the planner does not lay out its pages "
+            f"(scales or packed K/V); planned: {', '.join(KV_CACHE_DTYPES)}"
+        )
+    max_model_len = args.max_model_len or (DEFAULT_MAX_MODEL_LEN if args.model is None else None)
+    if args.mamba_block_size is not None and not args.prefix_caching and args.mamba_block_size != max_model_len:
+        # VllmConfig.validate_mamba_block_size
+        raise UserError("--mamba-block-size can only be set with --prefix-caching (vLLM's --enable-prefix-caching)")
+    if args.mamba_cache_mode is not None and args.mamba_cache_mode != ("align" if args.prefix_caching else "none"):
+        print(f"hybrid-alloc: warning: --mamba-cache-mode {args.mamba_cache_mode} has no effect, as in vLLM: "
+              f"prefix caching {'on' if args.prefix_caching else 'off'} sets it", file=sys.stderr)
     return Settings(
         hardware=args.hardware,
         vllm_version=args.vllm_version,
@@ -129,14 +162,18 @@ def trace_settings(args: argparse.Namespace) -> Settings:
         kv_cache_memory=args.kv_cache_memory,
         gpu_memory=args.gpu_memory,
         gpu_memory_utilization=args.gpu_memory_utilization,
-        max_model_len=args.max_model_len or (DEFAULT_MAX_MODEL_LEN if args.model is None else None),
+        max_model_len=max_model_len,
         max_num_seqs=args.max_num_seqs or hardware.default_max_num_seqs,
         kv_cache_dtype=args.kv_cache_dtype,
+        block_size=args.block_size,
+        mamba_block_size=args.mamba_block_size,
         mamba_ssm_cache_dtype=args.mamba_ssm_cache_dtype,
         cpu_avx512_bf16=args.cpu_avx512_bf16,
         prefix_caching=args.prefix_caching,
         num_speculative_tokens=args.num_speculative_tokens,
         pp_layer_partition=args.pp_layer_partition,
+        quantization=args.quantization,
+        language_model_only=args.language_model_only,
     )
 
 

@@ -13,9 +13,10 @@ import pytest
 
 from hybrid_alloc.cli import main, parse_size
 from hybrid_alloc.models import load_layout
-from hybrid_alloc.planner.hardware import get_hardware
+from hybrid_alloc.models.weights import QUANTIZATION_CONFIGS
+from hybrid_alloc.planner.hardware import HARDWARE, KERNEL_BLOCK_SIZE, get_hardware
 from hybrid_alloc.planner.natural import plan_natural
-from hybrid_alloc.planner.settings import Settings
+from hybrid_alloc.planner.settings import KV_CACHE_DTYPES, VLLM_KV_CACHE_DTYPES, VLLM_QUANTIZATION_METHODS, Settings
 from hybrid_alloc.planner.stock import plan_stock
 
 BUNDLED = Path(__file__).parent.parent / "hybrid_alloc" / "models" / "configs"
@@ -165,6 +166,13 @@ def _bad_config(tmp_path, name: str) -> str:
         (["trace", "--pp-layer-partition", "10,10"], "partition"),
         (["trace", "--plot", "/nonexistent-dir/plot.png"], "/nonexistent-dir/plot.png"),
         (["trace", "--hardware", "cpu"], "--kv-cache-memory"),
+        (["trace", "--kv-cache-dtype", "nvfp4"], "--kv-cache-dtype nvfp4"),
+        (["trace", "--block-size", "0"], "--block-size"),
+        (["trace", "--kv-cache-memory", "4GiB", "--block-size", "8"], "--block-size 8"),
+        (["trace", "--mamba-block-size", "256", "--no-prefix-caching"], "--mamba-block-size"),
+        (["trace", "--mamba-cache-mode", "all"], "--mamba-cache-mode"),
+        (["trace", "--quantization", "int3"], "--quantization"),
+        (["trace", "--quantization", "compressed-tensors"], "--quantization compressed-tensors"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, capsys):
@@ -208,3 +216,132 @@ def test_trace_over_every_bundled_config_takes_under_3_s():
     spec.loader.exec_module(time_trace)
     seconds = time_trace.time_all()
     assert len(seconds) >= 20 and sum(seconds.values()) < time_trace.LIMIT_S
+
+
+# --- vLLM's engine flags and the GPU profiles (issue 13, items 6 and 7) ---
+
+VERBATIM = BUNDLED / "verbatim"
+PINNED = ["--kv-cache-memory", "8GiB", "--max-model-len", "32768"]
+
+
+def _json(argv, capsys) -> dict:
+    code, out, err = run(["trace", *argv, "--json"], capsys)
+    assert (code, err) == (0, ""), err
+    return json.loads(out)
+
+
+def _without_settings(doc: dict) -> dict:
+    return {k: v for k, v in doc.items() if k != "settings"}
+
+
+@pytest.mark.parametrize("dtype", VLLM_KV_CACHE_DTYPES)
+def test_every_vllm_kv_cache_dtype_plans_or_fails_in_one_line(dtype, capsys):
+    code, out, err = run(["trace", "qwen3.5-9b", *PINNED, "--kv-cache-dtype", dtype], capsys)
+    if dtype == "float16":  # a bfloat16 model: vLLM refuses an explicit float KV dtype that differs
+        assert code == 2 and err.count("\n") == 1 and "incompatible with the model dtype bfloat16" in err
+    elif dtype in KV_CACHE_DTYPES:
+        assert (code, err) == (0, "")
+    else:
+        assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+        assert f"--kv-cache-dtype {dtype}" in err and ", ".join(KV_CACHE_DTYPES) in err
+
+
+def test_fp8_spellings_are_one_byte_fp8(capsys):
+    """fp8 = fp8_e4m3; fp8_e5m2 has the same 1-byte pages (its backend differs only where FlashAttention
+    takes e4m3 alone: SM90 / SM10.x)."""
+    fp8 = _without_settings(_json(["qwen3.5-9b", *PINNED, "--kv-cache-dtype", "fp8"], capsys))
+    assert _without_settings(_json(["qwen3.5-9b", *PINNED, "--kv-cache-dtype", "fp8_e4m3"], capsys)) == fp8
+    e5m2 = _without_settings(_json(["qwen3.5-9b", *PINNED, "--kv-cache-dtype", "fp8_e5m2"], capsys))
+    assert e5m2 == fp8  # rtx3060: FlashInfer for both
+    bf16 = _json(["qwen3.5-9b", *PINNED], capsys)
+    assert fp8["stages"][0]["stock"]["block_size"] == 2 * bf16["stages"][0]["stock"]["block_size"]
+
+
+def test_block_size_and_mamba_block_size(capsys):
+    base = _json(["llama-3.1-8b", *PINNED], capsys)
+    assert base["stages"][0]["stock"]["block_size"] == 16
+    assert _json(["llama-3.1-8b", *PINNED, "--block-size", "64"], capsys)["stages"][0]["stock"]["block_size"] == 64
+    # hybrid: the alignment raises it only when the state page needs more
+    hybrid = _json(["qwen3.5-9b", *PINNED], capsys)["stages"][0]["stock"]["block_size"]
+    assert _json(["qwen3.5-9b", *PINNED, "--block-size", str(2 * hybrid)], capsys)["stages"][0]["stock"][
+        "block_size"] == 2 * hybrid
+    # --mamba-block-size: overwritten by the alignment on a stage with attention (vLLM's parity:
+    # tests/test_stock_parity_flags.py)
+    assert _without_settings(_json(["qwen3.5-9b", *PINNED, "--mamba-block-size", "256"], capsys)) == \
+        _without_settings(_json(["qwen3.5-9b", *PINNED], capsys))
+
+
+def test_mamba_cache_mode_has_no_effect(capsys):
+    base = _without_settings(_json(["qwen3.5-9b", *PINNED], capsys))
+    code, out, err = run(["trace", "qwen3.5-9b", *PINNED, "--mamba-cache-mode", "align", "--json"], capsys)
+    assert (code, err) == (0, "") and _without_settings(json.loads(out)) == base
+    code, out, err = run(["trace", "qwen3.5-9b", *PINNED, "--mamba-cache-mode", "none", "--json"], capsys)
+    assert code == 0 and _without_settings(json.loads(out)) == base
+    assert err.count("\n") == 1 and "--mamba-cache-mode none has no effect" in err
+
+
+@pytest.mark.parametrize("method", VLLM_QUANTIZATION_METHODS)
+def test_every_vllm_quantization_method_estimates_or_fails_in_one_line(method, capsys):
+    code, out, err = run(["trace", "qwen3.5-9b", "--hardware", "h100", "--max-model-len", "32768",
+                          "--quantization", method], capsys)
+    if method in QUANTIZATION_CONFIGS:
+        assert (code, err) == (0, "")
+    else:
+        assert code == 2 and out == "" and err.count("\n") == 1 and f"--quantization {method}" in err
+
+
+def _decoder_weights(layout) -> int:
+    return sum(layout.weight_bytes_per_decoder_layer)
+
+
+def test_quantization_shrinks_the_weights_of_a_bundled_name():
+    """AWQ / GPTQ: 4-bit weights with an fp16 scale and zero per 128 (4.25 bits) in the projections; norms
+    stay bf16. NVFP4: 4 bits + an fp8 scale per 16 (4.5)."""
+    bf16 = _decoder_weights(load_layout("qwen3.5-9b"))
+    for method, bits in (("awq", 4.25), ("gptq_marlin", 4.25), ("modelopt_fp4", 4.5), ("fp8", 8)):
+        ratio = _decoder_weights(load_layout("qwen3.5-9b", quantization=method)) / bf16
+        assert bits / 16 < ratio < bits / 16 + 0.005, method
+    assert any("awq checkpoint" in note for note in load_layout("qwen3.5-9b", quantization="awq").notes)
+
+
+def test_quantization_must_match_the_checkpoint(capsys):
+    nvfp4 = str(VERBATIM / "nvidia--Qwen3.6-27B-NVFP4.json")
+    assert load_layout(nvfp4, quantization="modelopt").weight_bytes_per_decoder_layer == \
+        load_layout(nvfp4).weight_bytes_per_decoder_layer
+    code, out, err = run(["trace", nvfp4, "--quantization", "gptq"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "does not match" in err and "(gptq)" in err
+
+
+def test_language_model_only_drops_the_vision_encoder():
+    """Qwen3.5-27B's vision tower: a SigLIP2-so400m-sized ViT (27 blocks of width 1152, ~0.4B parameters)
+    plus its patch merger (~45M): 0.4-0.5B parameters in bf16."""
+    path = str(VERBATIM / "Qwen--Qwen3.5-27B.json")
+    full, text_only = load_layout(path), load_layout(path, language_model_only=True)
+    vision = full.encoder_weight_bytes / 2
+    assert 0.4e9 < vision < 0.5e9 and full.encoder_activation_bytes > 0
+    assert (text_only.encoder_weight_bytes, text_only.encoder_activation_bytes) == (0, 0)
+    assert full.embedding_weight_bytes == text_only.embedding_weight_bytes
+    assert any("--language-model-only" in note for note in text_only.notes)
+    assert full.weight_bytes_per_decoder_layer == text_only.weight_bytes_per_decoder_layer
+    # a text-only architecture: nothing to drop
+    assert load_layout("llama-3.1-8b", language_model_only=True) == load_layout("llama-3.1-8b")
+
+
+@pytest.mark.parametrize("hardware", ["l4", "l40s", "rtx3090", "rtx5090", "gb10", "h20", "b200"])
+def test_trace_on_each_new_profile(hardware, capsys):
+    """No traceback; the budget is what the profile's memory leaves; both layouts fit requests; blocks are
+    whole kernel blocks of the backend vLLM picks there."""
+    hw = get_hardware(hardware)
+    doc = _json(["qwen3.5-9b", "--hardware", hardware, "--max-model-len", "32768", "--pp", "2"], capsys)
+    for stage in doc["stages"]:
+        assert 0 < stage["kv_cache_memory_bytes"] < hw.memory_bytes * 0.92
+        assert stage["stock"]["block_size"] % KERNEL_BLOCK_SIZE[hw.attention_backend] == 0
+    assert doc["stock"]["max_concurrency"] >= 1
+    assert doc["natural"]["max_concurrency"] >= doc["stock"]["max_concurrency"]
+    assert doc["settings"]["max_num_seqs"] == hw.default_max_num_seqs
+
+
+def test_readme_lists_every_profile():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name in HARDWARE:
+        assert f"`{name}`" in readme, name

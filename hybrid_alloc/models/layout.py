@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from math import prod
 
+from hybrid_alloc.errors import UserError
 from hybrid_alloc.models.max_model_len import DerivedMaxLen
 
 # Bytes per element of the dtype names used in vLLM configs and ``--kv-cache-dtype``.
@@ -129,7 +130,12 @@ class ModelLayout:
         return sorted({t.dtype for layer in self.state_layers for t in layer.state})
 
     def resolve_kv_cache_dtype(self, kv_cache_dtype: str = "auto") -> str:
-        """The attention cache dtype vLLM uses for ``--kv-cache-dtype`` (``resolve_kv_cache_dtype_string``)."""
+        """The attention cache dtype vLLM uses for ``--kv-cache-dtype`` (``resolve_kv_cache_dtype_string``);
+        an explicit float16 / bfloat16 must be the model dtype (``VllmConfig._reject_mismatched_float_kv_cache``)."""
+        if kv_cache_dtype in ("float16", "bfloat16") and kv_cache_dtype != self.dtype:
+            allowed = f"auto or {self.dtype}" if self.dtype in ("float16", "bfloat16") else "auto"
+            raise UserError(f"{self.name}: --kv-cache-dtype {kv_cache_dtype} is incompatible with the model dtype "
+                            f"{self.dtype} (vLLM refuses it); use {allowed}")
         if kv_cache_dtype != "auto":
             return kv_cache_dtype
         return self.checkpoint_kv_cache_dtype or self.dtype

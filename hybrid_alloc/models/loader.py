@@ -11,7 +11,7 @@ from hybrid_alloc.models.hf_config import HFConfig, read_json
 from hybrid_alloc.models.layout import ModelLayout, dtype_bytes
 from hybrid_alloc.models.max_model_len import derive as derive_max_len
 from hybrid_alloc.models.registry import MODEL_TYPES, supported_model_types
-from hybrid_alloc.models.weights import padded_vocab_rows, weight_bits
+from hybrid_alloc.models.weights import padded_vocab_rows, quantization_config, weight_bits
 
 
 def _resolve(model: str) -> tuple[str, str, Path]:
@@ -49,10 +49,12 @@ MAMBA_DTYPES = ("auto", "float32", "float16", "bfloat16")  # vLLM's MambaDType
 
 
 def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0, dtype: str | None = None,
-                mamba_ssm_cache_dtype: str = "auto", cpu_avx512_bf16: bool = False) -> ModelLayout:
+                mamba_ssm_cache_dtype: str = "auto", cpu_avx512_bf16: bool = False, quantization: str | None = None,
+                language_model_only: bool = False) -> ModelLayout:
     """``dtype``: vLLM's ``--dtype`` (None: "auto", resolved from the config as vLLM does);
     ``mamba_ssm_cache_dtype``: ``--mamba-ssm-cache-dtype``; ``cpu_avx512_bf16``: the layout vLLM's CPU
-    backend builds on an AVX512-BF16 CPU (``hybrid_alloc.models.cpu_platform``; False on GPUs)."""
+    backend builds on an AVX512-BF16 CPU (``hybrid_alloc.models.cpu_platform``; False on GPUs);
+    ``quantization`` / ``language_model_only``: ``--quantization`` / ``--language-model-only`` (weights only)."""
     if tp < 1 or num_speculative_tokens < 0:
         raise ModelConfigError(f"tp must be >= 1 and num_speculative_tokens >= 0 (got {tp}, {num_speculative_tokens})")
     if mamba_ssm_cache_dtype not in MAMBA_DTYPES:
@@ -70,10 +72,18 @@ def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0, dty
                   linear_attention_layer_types=family.LINEAR_ATTENTION_LAYER_TYPES)
     fam = family.build(ctx)
 
-    bits = weight_bits(cfg, dtype)
+    bits = weight_bits(cfg, dtype, quantization_config(cfg, quantization))
     embedding_params = padded_vocab_rows(fam.vocab_size, tp) * fam.hidden_size
     head_bytes = 0 if fam.tie_word_embeddings else round(embedding_params * bits.head / 8)
     notes = list(fam.notes)
+    if quantization and not cfg.quantization_config:
+        notes.append(f"weights estimated for a {quantization} checkpoint (--quantization; this config has no "
+                     "quantization_config)")
+    # the family's multimodal encoder (Qwen3.5/3.6 vision tower), unless --language-model-only drops it
+    encoder = (0.0, 0.0) if language_model_only else (fam.encoder_params, fam.encoder_peak_elements)
+    if language_model_only and cfg.architecture.endswith("ForConditionalGeneration"):
+        notes = [n for n in notes if "vision encoder" not in n]
+        notes.append("--language-model-only: the vision encoder is not loaded")
     if cfg.defaulted:
         notes.append(f"absent from the config, read at the config class default: {', '.join(cfg.defaulted)}")
     if ctx.cpu_rule_change:
@@ -98,8 +108,8 @@ def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0, dty
         weight_bytes_per_decoder_layer=tuple(bits.layer_bytes(p) for p in fam.layer_params),
         embedding_weight_bytes=round(embedding_params * dtype_bytes(dtype)),
         head_weight_bytes=head_bytes + fam.hidden_size * dtype_bytes(dtype),  # + final norm
-        encoder_weight_bytes=round(fam.encoder_params * dtype_bytes(dtype)),
-        encoder_activation_bytes=round(fam.encoder_peak_elements * dtype_bytes(dtype)),
+        encoder_weight_bytes=round(encoder[0] * dtype_bytes(dtype)),
+        encoder_activation_bytes=round(encoder[1] * dtype_bytes(dtype)),
         quant_bits=bits.nominal,
         checkpoint_kv_cache_dtype=kv_dtype,
         notes=tuple(notes),

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hybrid_alloc.errors import ModelConfigError
 from hybrid_alloc.models.hf_config import HFConfig
 from hybrid_alloc.models.layout import dtype_bytes
 
@@ -67,11 +68,64 @@ def _classify(module: str) -> str:
         "head" if module.startswith("lm_head") else "mixer")
 
 
-def weight_bits(cfg: HFConfig, model_dtype: str) -> WeightBits:
-    """Bits per weight class from ``quantization_config`` (AWQ, GPTQ, fp8, bitsandbytes, compressed-tensors,
-    ModelOpt FP8 / NVFP4 / mixed precision); unknown methods count as unquantised."""
+# --quantization for a config without quantization_config (a bundled name traced for a quantised
+# checkpoint): the quantization_config such a checkpoint carries, in its most common form (AWQ / GPTQ:
+# 4-bit, group 128; ModelOpt: FP8 or NVFP4; MXFP4: MoE experts only, as gpt-oss). The fp8 / mxfp8 /
+# int8 names quantise a bf16 checkpoint online, to the same width. vLLM's QuantizationMethods not here
+# need the checkpoint's own quantization_config (compressed-tensors, quark, torchao, ...).
+_GPTQ_LIKE = {"bits": 4, "group_size": 128}
+QUANTIZATION_CONFIGS: dict[str, dict[str, Any]] = {
+    **{m: {"quant_method": "awq", **_GPTQ_LIKE} for m in ("awq", "auto_awq", "awq_marlin")},
+    **{m: {"quant_method": "gptq", **_GPTQ_LIKE} for m in ("gptq", "auto_gptq", "gptq_marlin")},
+    **{m: {"quant_method": "fp8"} for m in ("fp8", "fbgemm_fp8", "fp8_per_tensor", "fp8_per_block",
+                                            "fp8_per_channel")},
+    "modelopt": {"quant_method": "modelopt", "quant_algo": "FP8"},
+    **{m: {"quant_method": "modelopt", "quant_algo": "NVFP4"} for m in ("modelopt_fp4", "nvfp4_per_token")},
+    **{m: {"quant_method": "compressed-tensors", "config_groups": {"g": {"weights": {
+        "num_bits": 8, "type": "float", "group_size": 32}}}} for m in ("modelopt_mxfp8", "mxfp8")},
+    "int8_per_channel_weight_only": {"quant_method": "compressed-tensors", "config_groups": {"g": {"weights": {
+        "num_bits": 8, "type": "int"}}}},
+    **{m: {"quant_method": "mxfp4"} for m in ("mxfp4", "gpt_oss_mxfp4")},
+}
+
+
+def _method_family(method: str) -> str:
+    """awq_marlin / auto_awq -> awq: the names vLLM accepts for one checkpoint format."""
+    return method.lower().removeprefix("auto_").removesuffix("_marlin").replace("-", "_")
+
+
+def quantization_config(cfg: HFConfig, quantization: str | None) -> dict[str, Any] | None:
+    """The quantization_config the weights are loaded with: the checkpoint's (``--quantization`` must
+    then name its method, as ``ModelConfig._verify_quantization`` requires), else the one
+    ``--quantization`` stands for (``QUANTIZATION_CONFIGS``)."""
+    q = cfg.quantization_config
+    if quantization is None:
+        return q
+    if q:
+        method = str(q.get("quant_method", ""))
+        if _method_family(method) != _method_family(quantization) and not (
+            method.startswith("modelopt") and quantization.startswith("modelopt")
+        ):
+            raise ModelConfigError(
+                f"{cfg.source}: quantization method specified in the model config ({method}) does not match "
+                f"the quantization method specified in the `quantization` argument ({quantization})"
+            )
+        return q
+    if quantization not in QUANTIZATION_CONFIGS:
+        raise ModelConfigError(
+            f"--quantization {quantization}: its weight width comes from the checkpoint's quantization_config, "
+            f"which {cfg.source} lacks; give the checkpoint's config.json, or one of "
+            f"{', '.join(QUANTIZATION_CONFIGS)}"
+        )
+    return QUANTIZATION_CONFIGS[quantization]
+
+
+def weight_bits(cfg: HFConfig, model_dtype: str, q: dict[str, Any] | None = None) -> WeightBits:
+    """Bits per weight class from a ``quantization_config`` (``q``, default the config's own: AWQ, GPTQ,
+    fp8, bitsandbytes, compressed-tensors, ModelOpt FP8 / NVFP4 / mixed precision); unknown methods count
+    as unquantised."""
     native = 8.0 * dtype_bytes(model_dtype)
-    q: dict[str, Any] | None = cfg.quantization_config
+    q = cfg.quantization_config if q is None else q
     if not q:
         return WeightBits(native, native, native, native, None)
     method = str(q.get("quant_method", "")).lower()

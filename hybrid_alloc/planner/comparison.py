@@ -71,7 +71,9 @@ def compare_model(
     rule = cpu_rule(get_hardware(settings.hardware), settings.cpu_avx512_bf16)
     layout = load_layout(model, tp=settings.tp, num_speculative_tokens=settings.num_speculative_tokens,
                          mamba_ssm_cache_dtype=settings.mamba_ssm_cache_dtype,
-                         cpu_avx512_bf16=bool(rule and rule.avx512_bf16))
+                         cpu_avx512_bf16=bool(rule and rule.avx512_bf16), quantization=settings.quantization,
+                         language_model_only=settings.language_model_only)
+    layout.resolve_kv_cache_dtype(settings.kv_cache_dtype)  # vLLM's config checks come before any budget
     return compare_layout(layout, settings, rule, allow_long_max_model_len)
 
 

@@ -179,9 +179,13 @@ def _stage_config(
     """``MambaModelConfig.verify_and_update_config`` then ``update_block_size_for_backend`` ->
     ``_align_hybrid_block_size`` for one pipeline stage."""
     align = settings.mamba_cache_mode == "align"
-    config_block = hw.default_block_size if rules.cpu_block_size_at_config else DEFAULT_BLOCK_SIZE
-    # MambaModelConfig: "align" -> block_size (as configured so far), "none" -> max_model_len
-    mamba_block_size = config_block if align else max_model_len
+    # --block-size is the config's block size (CacheConfig.user_specified_block_size)
+    config_block = settings.block_size or (
+        hw.default_block_size if rules.cpu_block_size_at_config else DEFAULT_BLOCK_SIZE
+    )
+    # MambaModelConfig: "align" -> --mamba-block-size, else block_size (as configured so far); "none" ->
+    # max_model_len
+    mamba_block_size = (settings.mamba_block_size or config_block) if align else max_model_len
     checkpoint_alignment = _checkpoint_alignment(layers, hw) if align else None
     attention = [layer for layer in layers if layer.is_attention]
     if not attention:
@@ -189,9 +193,15 @@ def _stage_config(
         return _StageConfig(config_block, mamba_block_size, None, checkpoint_alignment, "")
     model_attention = layout.attention_layers[0]  # ModelConfig.get_head_size / get_num_kv_heads
     backend = attention_backend(hw, model_attention.head_size, cache_dtype)
-    # _preferred_block_size_for_backends: the default (16; 128 on CPU) is a multiple of every
-    # backend's kernel block here
-    block_size = hw.default_block_size
+    # _preferred_block_size_for_backends (skipped for --block-size): the default (16; 128 on CPU) is a
+    # multiple of every backend's kernel block here
+    block_size = settings.block_size or hw.default_block_size
+    if block_size % KERNEL_BLOCK_SIZE[backend]:
+        # vLLM's selector would skip the backends that reject it (validate_configuration) for ones not modelled
+        raise UserError(
+            f"--block-size {block_size}: not a multiple of {KERNEL_BLOCK_SIZE[backend]}, the kernel block of "
+            f"{backend} (the backend the planner models here)"
+        )
     padded = None
     mamba_page = max((layer.state_page_bytes for layer in layout.state_layers), default=0)
     if layout.is_hybrid and mamba_page:
