@@ -38,7 +38,7 @@ class Settings:
     kv_cache_memory: int | None = None  # bytes per GPU; pins the budget like --kv-cache-memory-bytes
     gpu_memory: int | None = None  # bytes per GPU; overrides the hardware profile's memory
     gpu_memory_utilization: float = 0.92
-    max_model_len: int | None = None  # None: the model's max_position_embeddings, as vLLM does
+    max_model_len: int | None = None  # None: vLLM's, derived from the config (models.max_model_len)
     max_num_seqs: int = 256  # vLLM's default on GPUs
     kv_cache_dtype: str = "auto"  # one of KV_CACHE_DTYPES
     block_size: int | None = None  # --block-size: None = vLLM's default, else skips the backend's preference

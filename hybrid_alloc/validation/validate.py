@@ -15,6 +15,7 @@ import shlex
 import sys
 
 from hybrid_alloc.errors import UserError
+from hybrid_alloc.models.max_model_len import allow_long_max_model_len
 from hybrid_alloc.planner.comparison import compare_model
 from hybrid_alloc.planner.hardware import get_hardware
 from hybrid_alloc.planner.settings import Settings
@@ -143,7 +144,7 @@ def _print_plan(args: argparse.Namespace) -> None:
                         gpu_memory_utilization=gpu_memory_utilization(args) or DEFAULT_GPU_MEMORY_UTILIZATION,
                         max_num_seqs=hardware.default_max_num_seqs, kv_cache_memory=_kv_cache_bytes(args.vllm_args),
                         prefix_caching="--no-enable-prefix-caching" not in args.vllm_args)
-    render.print_trace(compare_model(trace_source(args), settings))
+    render.print_trace(compare_model(trace_source(args), settings, allow_long_max_model_len()))
 
 
 def _kv_cache_bytes(vllm_args: list[str]) -> int | None:

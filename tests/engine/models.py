@@ -75,12 +75,12 @@ def build_mamba2_pp(path: str) -> str:
 
 
 def build_mamba2_pp_region(path: str) -> str:
-    """Eighteen layers for 2 pipeline stages, [MM*MM*MMM][*M*M*M---], attention pages of 8 KV heads (64 KiB
-    at 32 tokens, float32) and Mamba2 states (2 groups) of 19,456 B: stage 0 holds 7 state layers on 2
-    attention layers (r = 4, k = 2 alone), stage 1 3 on 3 (k = 1); at the shared k = 1 stage 0 keeps 1 state
-    layer in a state region of 19,456 B per block id, cheaper than padding both attention pages by 13,312 B
+    """Twenty-seven layers for 3 pipeline stages, [MM*MM*MMM][*M*M*M---][*M*M*M---], attention pages of 8 KV
+    heads (64 KiB at 32 tokens, float32) and Mamba2 states (2 groups) of 19,456 B: stage 0 holds 7 state
+    layers on 2 attention layers (r = 4, k = 2 alone), stages 1 and 2 3 on 3 (k = 1); at the shared k = 1
+    (a large budget) stage 0 keeps 1 state layer in a state region of 19,456 B per block id, cheaper than padding both attention pages by 13,312 B
     (the planner's ``StageShape.placement``)."""
-    return _nemotron_h(path, "MM*MM*MMM*M*M*M---", kv_heads=8, n_groups=2)
+    return _nemotron_h(path, "MM*MM*MMM" + "*M*M*M---" * 2, kv_heads=8, n_groups=2)
 
 
 def build_mamba2_longmem(path: str) -> str:

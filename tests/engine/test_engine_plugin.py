@@ -140,15 +140,16 @@ def test_pipeline_parallel_state_region(model, workdir):
     workers' state views there (offset after the attention regions, stride k x Q) give stock's tokens."""
     s = {
         "model": model("mamba2_pp_region"),
-        "engine": {"dtype": "float32", "kv_cache_memory_bytes": REGION_BUDGET, "pipeline_parallel_size": 2},
+        "engine": {"dtype": "float32", "kv_cache_memory_bytes": REGION_BUDGET, "pipeline_parallel_size": 3,
+                   "enforce_eager": False},
         "workloads": [{"prompts": SHORT["prompts"][:8] + LONG["prompts"][:1], "max_tokens": 8}],
     }
     env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     stock, plugin = run(workdir, s, plugin=False, env=env), run(workdir, s, plugin=True, env=env)
     print("\n  " + "\n  ".join(plugin.log))
     assert plugin.workloads[0]["tokens"] == stock.workloads[0]["tokens"]
-    plan = natural_plan(model("mamba2_pp_region"), pp=2, budget=REGION_BUDGET)
-    assert [s.state_region_layers for s in plan.stages] == [1, 0]  # the model exercises a state region
+    plan = natural_plan(model("mamba2_pp_region"), pp=3, budget=REGION_BUDGET)
+    assert [s.state_region_layers for s in plan.stages] == [1, 0, 0]  # the model exercises a state region
     assert plugin.lines(f"hybrid-alloc: {plan.num_blocks} blocks x 32 tokens; a state slot = {plan.state_slot_blocks} blocks")
     for stage in plan.stages:  # the bytes each stage allocated = the trace's plan
         assert len(plugin.lines(f"stage {stage.stage}: {stage.bytes} bytes of KV cache")) == 1
