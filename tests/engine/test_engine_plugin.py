@@ -110,47 +110,36 @@ def test_attention_only_is_untouched(model, workdir):
     assert plugin.log == ["hybrid-alloc: leaving vLLM stock: the model has no state layers alongside attention (nothing to do)"]
 
 
-PP_BUDGET = 8_000_000  # large enough that the planner pads stage 0 (k = 2) rather than take k = 3
-
-
-def test_pipeline_parallel_3(model, workdir):
+def pipeline_parallel_3(model, workdir, name: str, budget: int):
+    """Stock and plugin at PP=3 on ``name`` under ``budget`` per stage: the same tokens, the trace's block
+    count and slot size in the capacity log, each stage's bytes = the plan. Returns the plan."""
     s = {
-        "model": model("mamba2_pp"),
-        "engine": {"dtype": "float32", "kv_cache_memory_bytes": PP_BUDGET, "pipeline_parallel_size": 3, "enforce_eager": False},
+        "model": model(name),
+        "engine": {"dtype": "float32", "kv_cache_memory_bytes": budget, "pipeline_parallel_size": 3, "enforce_eager": False},
         "workloads": [{"prompts": SHORT["prompts"][:8] + LONG["prompts"][:1], "max_tokens": 8}],
     }
     env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     stock, plugin = run(workdir, s, plugin=False, env=env), run(workdir, s, plugin=True, env=env)
     print("\n  " + "\n  ".join(plugin.log))
     assert plugin.workloads[0]["tokens"] == stock.workloads[0]["tokens"]
-    plan = natural_plan(model("mamba2_pp"), pp=3, budget=PP_BUDGET)
-    assert plan.stages[0].attention_padding_per_block > 0  # the model exercises a padded stride (models.py)
+    plan = natural_plan(model(name), pp=3, budget=budget)
     assert plugin.lines(f"hybrid-alloc: {plan.num_blocks} blocks x 32 tokens; a state slot = {plan.state_slot_blocks} blocks")
     for stage in plan.stages:  # the bytes each stage allocated = the trace's plan
         assert len(plugin.lines(f"stage {stage.stage}: {stage.bytes} bytes of KV cache")) == 1
     assert sorted(int(line.split()[4]) for line in plugin.lines("KV cache allocated")) == sorted(s.bytes for s in plan.stages)
     assert plugin.cache_config_info["block_size"] == "32"
+    return plan
 
 
-REGION_BUDGET = 24_000_000  # large enough that the shared k is 1 and stage 0 keeps a state region (models.py)
+def test_pipeline_parallel_3(model, workdir):
+    plan = pipeline_parallel_3(model, workdir, "mamba2_pp", budget=8_000_000)
+    # the budget is large enough that the planner pads stage 0 (k = 2) rather than take k = 3 (models.py)
+    assert plan.stages[0].attention_padding_per_block > 0
 
 
 def test_pipeline_parallel_state_region(model, workdir):
     """A stage with more state per attention layer than k pages hold keeps the rest in a state region: the
     workers' state views there (offset after the attention regions, stride k x Q) give stock's tokens."""
-    s = {
-        "model": model("mamba2_pp_region"),
-        "engine": {"dtype": "float32", "kv_cache_memory_bytes": REGION_BUDGET, "pipeline_parallel_size": 3,
-                   "enforce_eager": False},
-        "workloads": [{"prompts": SHORT["prompts"][:8] + LONG["prompts"][:1], "max_tokens": 8}],
-    }
-    env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
-    stock, plugin = run(workdir, s, plugin=False, env=env), run(workdir, s, plugin=True, env=env)
-    print("\n  " + "\n  ".join(plugin.log))
-    assert plugin.workloads[0]["tokens"] == stock.workloads[0]["tokens"]
-    plan = natural_plan(model("mamba2_pp_region"), pp=3, budget=REGION_BUDGET)
-    assert [s.state_region_layers for s in plan.stages] == [1, 0, 0]  # the model exercises a state region
-    assert plugin.lines(f"hybrid-alloc: {plan.num_blocks} blocks x 32 tokens; a state slot = {plan.state_slot_blocks} blocks")
-    for stage in plan.stages:  # the bytes each stage allocated = the trace's plan
-        assert len(plugin.lines(f"stage {stage.stage}: {stage.bytes} bytes of KV cache")) == 1
-    assert sorted(int(line.split()[4]) for line in plugin.lines("KV cache allocated")) == sorted(s.bytes for s in plan.stages)
+    plan = pipeline_parallel_3(model, workdir, "mamba2_pp_region", budget=24_000_000)
+    # the budget is large enough that the shared k is 1 and stage 0 keeps a state region (models.py)
+    assert [s.state_region_layers for s in plan.stages] == [1, 0, 0]
