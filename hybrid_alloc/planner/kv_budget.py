@@ -8,11 +8,13 @@ way ``Worker.determine_available_memory`` measures it:
                                                              encoder on the first stage, final norm + LM
                                                              head on the last)
              - non-torch memory                             (NON_TORCH, + NCCL when tp x pp > 1)
-             - peak activations of the profiling run        (the larger of the decoder's,
+             - peak activations of the profiling run        (the largest of the decoder's,
                                                              ACTIVATION_BYTES_PER_TOKEN x max_num_batched_tokens,
-                                                             and the encoder's, layout.encoder_activation_bytes)
-             - CUDA graphs                                  (graphs vLLM captures x decoder layers of the
-                                                             stage x CUDA_GRAPH_BYTES_PER_LAYER, on CUDA)
+                                                             the sampler's, SAMPLER_BYTES_PER_LOGIT x requests x
+                                                             vocabulary (last stage), and the encoder's,
+                                                             layout.encoder_activation_bytes (first stage))
+             - CUDA graphs                                  (graphs vLLM captures x the stage's decoder layers
+                                                             x CUDA_GRAPH_BYTES_PER_[STATE_]LAYER, on CUDA)
 
 Every subtracted line is an estimate (vLLM measures them at start-up); the output labels them so. Their
 plausible error, from real start-up logs (tests/fixtures/startup_logs): weights within ~2% of vLLM's
@@ -35,14 +37,26 @@ MiB = 1 << 20
 GiB = 1 << 30
 NON_TORCH = 256 * MiB  # cuBLAS / attention workspaces created by the profile run
 NCCL = 512 * MiB  # communicator buffers when the stage talks to other GPUs
-# Peak activations of the profile run per batched token: ~1.2 GiB at 8192 tokens, what vLLM logs for
-# Llama-3.1-8B (hidden size 4096). The layout has no hidden size, so smaller models are overestimated.
+# The profile run's peak torch memory is the larger of two passes (vLLM's ``profile_run``: a forward pass
+# over max_num_batched_tokens, then ``_dummy_sampler_run`` over one logits row per request).
+# Forward pass per batched token: "Memory profiling" breakdowns of Llama-3.1-8B (hidden size 4096) give
+# ~0.9-1.1 GiB at 8192 tokens (vLLM 0.15.1, eager); the layout has no hidden size, so smaller models
+# are overestimated.
 ACTIVATION_BYTES_PER_TOKEN = 144 * 1024
-# Memory of one captured CUDA graph per decoder layer of the stage (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1,
-# on by default; a PIECEWISE graph is one piece per layer): the "Estimated CUDA graph memory" lines of
-# tests/fixtures/startup_logs give 300-490 KiB per graph and layer (Qwen3.6-27B, 64 layers, 4-7 graphs
-# at TP 1-4; Qwen3.5-35B-A3B, 40 layers, 86 graphs).
-CUDA_GRAPH_BYTES_PER_LAYER = 410 * 1024
+# Sampler warm-up per logits element (float32 logits, probabilities and the top-k/top-p sort): the
+# "torch peak memory increase" of vLLM 0.19 on an H100 at 1024 requests is 1.89 GiB for Llama-3.1-8B
+# (vocabulary 128256: 15.5 B/element) and 2.21 GiB for Qwen3-8B (151936: 15.3 B), and 3.62-3.66 GiB for
+# Gemma-2 2B/9B (256000: 14.8-15.0 B), whatever the model size (llm-d-planner accuracy/accuracy_report.md).
+SAMPLER_BYTES_PER_LOGIT = 15
+# Memory of one captured CUDA graph per decoder layer of the stage (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS,
+# on by default; a PIECEWISE graph is one piece per layer), from vLLM's "Estimated CUDA graph memory"
+# lines (tests/fixtures/startup_logs). Attention (and MLP-only) layers: Llama-3.1-8B, 32 layers, gives
+# 202 KiB (86 graphs, A100/A6000/L40S) and 270 KiB (102 graphs, H100): 236 KiB. A state-mixer layer
+# (GDN, Mamba) costs about twice that: Qwen3.5-35B-A3B's 1.32 GiB for 86 graphs over 10 attention and
+# 30 GDN layers leaves 458 KiB per GDN layer; Qwen3.6-27B's logs (16 + 48 layers) give 300-490 KiB per
+# layer on average, where these constants give 402 KiB.
+CUDA_GRAPH_BYTES_PER_LAYER = 236 * 1024
+CUDA_GRAPH_BYTES_PER_STATE_LAYER = 458 * 1024
 
 
 def default_max_num_batched_tokens(hardware: HardwareProfile) -> int:
@@ -69,6 +83,13 @@ def cudagraph_count(settings: Settings, hardware: HardwareProfile) -> int:
         + list(range(256, largest + 1, 16))
     full = [n for n in sizes if n <= settings.max_num_seqs] if settings.num_speculative_tokens == 0 else []
     return len(sizes) + len(full)
+
+
+def cudagraph_bytes_per_graph(layout: ModelLayout, start: int, end: int) -> int:
+    """One captured graph's memory over decoder layers [start, end): a piece per layer, state-mixer
+    layers costing CUDA_GRAPH_BYTES_PER_STATE_LAYER, the others CUDA_GRAPH_BYTES_PER_LAYER."""
+    state = len({layer.decoder_layer for layer in layout.state_layers if start <= layer.decoder_layer < end})
+    return state * CUDA_GRAPH_BYTES_PER_STATE_LAYER + (end - start - state) * CUDA_GRAPH_BYTES_PER_LAYER
 
 
 @dataclass(frozen=True)
@@ -139,17 +160,21 @@ def _estimate(layout: ModelLayout, settings: Settings, hardware: HardwareProfile
         lines.append(KVCacheBudgetLine("weights: final norm + LM head", -layout.head_weight_bytes, estimate=True))
     non_torch = NON_TORCH + (NCCL if settings.tp * settings.pp > 1 else 0)
     lines.append(KVCacheBudgetLine("non-torch memory", -non_torch, estimate=True))
-    # The profiling run's peak: the decoder's forward over max_num_batched_tokens, or the multimodal
-    # encoder's over the largest input (first stage), whichever is larger (they run one after the other).
+    # The profiling run's peak: the decoder's forward over max_num_batched_tokens, the sampler's warm-up
+    # over one logits row per request (last stage, where the logits are computed), or the multimodal
+    # encoder's over the largest input (first stage), whichever is largest (they run one after the other).
     tokens = max_num_batched_tokens(settings, hardware)
-    activations = ACTIVATION_BYTES_PER_TOKEN * tokens
-    if stage == 0 and layout.encoder_activation_bytes > activations:
-        lines.append(KVCacheBudgetLine("activations (encoder profiling)", -layout.encoder_activation_bytes,
-                                       estimate=True))
-    else:
-        lines.append(KVCacheBudgetLine(f"activations ({tokens} tokens)", -activations, estimate=True))
+    peaks = [(f"activations ({tokens} tokens)", ACTIVATION_BYTES_PER_TOKEN * tokens)]
+    if stage == settings.pp - 1 and layout.vocab_size:
+        rows = min(settings.max_num_seqs, tokens)
+        peaks.append((f"activations (sampler, {rows} x {layout.vocab_size} logits)",
+                      SAMPLER_BYTES_PER_LOGIT * rows * layout.vocab_size))
+    if stage == 0 and layout.encoder_activation_bytes:
+        peaks.append(("activations (encoder profiling)", layout.encoder_activation_bytes))
+    label, peak = max(peaks, key=lambda p: p[1])
+    lines.append(KVCacheBudgetLine(label, -peak, estimate=True))
     if hardware.is_cuda:
         graphs = cudagraph_count(settings, hardware)
-        lines.append(KVCacheBudgetLine(f"CUDA graphs ({graphs})", -graphs * (end - start) * CUDA_GRAPH_BYTES_PER_LAYER,
+        lines.append(KVCacheBudgetLine(f"CUDA graphs ({graphs})", -graphs * cudagraph_bytes_per_graph(layout, start, end),
                                        estimate=True))
     return KVCacheBudget(stage, tuple(lines))
