@@ -17,9 +17,11 @@ way ``Worker.determine_available_memory`` measures it:
                                                              x CUDA_GRAPH_BYTES_PER_[STATE_]LAYER, on CUDA)
 
 Every subtracted line is an estimate (vLLM measures them at start-up); the output labels them so. Their
-plausible error, from real start-up logs (tests/fixtures/startup_logs): weights within ~2% of vLLM's
-"Model loading took" for unquantised checkpoints; activations +-30%; CUDA graphs +-40% (0.1-0.3 GiB for
-few graphs, 1-1.6 GiB for the ~90 graphs of vLLM's defaults); non-torch memory +-0.2 GiB.
+plausible error, from real start-up logs (tests/fixtures/startup_logs): weights within 1% of vLLM's "Model
+loading took" for unquantised checkpoints whose config is bundled; the activation peak within 20% where a
+log breaks it down (the forward-pass constant is Llama-3.1-8B's: +-30% for other widths); CUDA graphs
+within 20% of most logged estimates, 40% of all but one driver outlier; non-torch memory as logged on one
+GPU, uncertain with TP (0.13 GiB in all in one TP 4 log). The 7 fair fixtures land within 1.5% in all.
 """
 
 from __future__ import annotations
@@ -40,11 +42,11 @@ NCCL = 512 * MiB  # communicator buffers when the stage talks to other GPUs
 # The profile run's peak torch memory is the larger of two passes (vLLM's ``profile_run``: a forward pass
 # over max_num_batched_tokens, then ``_dummy_sampler_run`` over one logits row per request).
 # Forward pass per batched token: "Memory profiling" breakdowns of Llama-3.1-8B (hidden size 4096) give
-# ~0.9-1.1 GiB at 8192 tokens (vLLM 0.15.1, eager); the layout has no hidden size, so smaller models
-# are overestimated.
+# ~0.9-1.1 GiB at 8192 tokens (tests/fixtures/startup_logs/vllm-gce-a100-40gb-llama31-8b-eager); the
+# layout has no hidden size, so smaller models are overestimated.
 ACTIVATION_BYTES_PER_TOKEN = 144 * 1024
 # Sampler warm-up per logits element (float32 logits, probabilities and the top-k/top-p sort): the
-# "torch peak memory increase" of vLLM 0.19 on an H100 at 1024 requests is 1.89 GiB for Llama-3.1-8B
+# "torch peak memory increase" on an H100 at 1024 requests (llm-d-planner's sweep) is 1.89 GiB for Llama-3.1-8B
 # (vocabulary 128256: 15.5 B/element) and 2.21 GiB for Qwen3-8B (151936: 15.3 B), and 3.62-3.66 GiB for
 # Gemma-2 2B/9B (256000: 14.8-15.0 B), whatever the model size (llm-d-planner accuracy/accuracy_report.md).
 SAMPLER_BYTES_PER_LOGIT = 15
