@@ -101,16 +101,3 @@ def test_multimodal_encoder_weights_and_profiling_peak():
     # The encoder runs on the first stage only; the last keeps the decoder's activations.
     assert "weights: vision encoder" not in last and last["activations (2048 tokens)"] == -2048 * B.ACTIVATION_BYTES_PER_TOKEN
 
-
-def test_sampler_warm_up_peak_on_the_last_stage():
-    """One float32 logits row per request (max_num_seqs, at most max_num_batched_tokens) over the
-    vocabulary, SAMPLER_BYTES_PER_LOGIT each, where it exceeds the forward pass: only the last stage
-    computes logits."""
-    vocab = replace(layout(), vocab_size=128256)
-    settings = Settings(hardware="h100", max_num_seqs=1024, pp=2)
-    first, last = (lines(b) for b in B.kv_cache_budgets(vocab, settings, get_hardware("h100")))
-    assert last["activations (sampler, 1024 x 128256 logits)"] == -B.SAMPLER_BYTES_PER_LOGIT * 1024 * 128256
-    assert first["activations (8192 tokens)"] == -8192 * B.ACTIVATION_BYTES_PER_TOKEN
-    # Few requests: the forward pass is the larger peak again.
-    few = lines(B.kv_cache_budgets(vocab, Settings(hardware="h100", max_num_seqs=16), get_hardware("h100"))[0])
-    assert few["activations (8192 tokens)"] == -8192 * B.ACTIVATION_BYTES_PER_TOKEN

@@ -104,7 +104,6 @@ class ModelLayout:
     # activation of vLLM's encoder profiling run; 0 for text-only architectures.
     encoder_weight_bytes: int = 0
     encoder_activation_bytes: int = 0
-    vocab_size: int = 0  # the logits' width, for the sampler's share of the profiling peak; 0 = unknown
     quant_bits: int | None = None  # from quantization_config, None = unquantised
     # What "--kv-cache-dtype auto" means for this checkpoint when not the model dtype (ModelOpt fp8 KV scheme).
     checkpoint_kv_cache_dtype: str | None = None

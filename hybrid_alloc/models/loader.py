@@ -100,7 +100,6 @@ def load_layout(model: str, *, tp: int = 1, num_speculative_tokens: int = 0, dty
         head_weight_bytes=head_bytes + fam.hidden_size * dtype_bytes(dtype),  # + final norm
         encoder_weight_bytes=round(fam.encoder_params * dtype_bytes(dtype)),
         encoder_activation_bytes=round(fam.encoder_peak_elements * dtype_bytes(dtype)),
-        vocab_size=fam.vocab_size,
         quant_bits=bits.nominal,
         checkpoint_kv_cache_dtype=kv_dtype,
         notes=tuple(notes),
