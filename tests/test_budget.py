@@ -38,19 +38,23 @@ def test_estimate_pieces_per_stage():
     settings = Settings(pp=3, pp_layer_partition="12,10,10")
     budgets = B.kv_cache_budgets(layout(), settings, hardware)
     requested = ceil(hardware.memory_bytes * 0.92)
-    for budget, layers in zip(budgets, (12, 10, 10)):
+    for budget, layers, kinds in zip(budgets, (12, 10, 10), ("SSSA" * 3, "SSSASSSASS", "SASSSASSSA")):
         got = lines(budget)
         assert got[f"memory ({hardware.name})"] + got["x 0.92 (gpu_memory_utilization)"] == requested
         assert got["weights: decoder layers"] == -layers * LAYER
         assert got["non-torch memory"] == -(B.NON_TORCH + B.NCCL)  # PP: the stage talks to the others
         assert got["activations (2048 tokens)"] == -2048 * B.ACTIVATION_BYTES_PER_TOKEN
-        assert got["CUDA graphs (86)"] == -86 * layers * B.CUDA_GRAPH_BYTES_PER_LAYER
+        state, other = kinds.count("S"), kinds.count("A")
+        assert got["CUDA graphs (86)"] == -86 * (state * B.CUDA_GRAPH_BYTES_PER_STATE_LAYER
+                                                 + other * B.CUDA_GRAPH_BYTES_PER_LAYER)
         assert budget.bytes == sum(got.values()) and budget.estimated
     assert lines(budgets[0])["weights: embeddings"] == -GiB
     assert lines(budgets[2])["weights: final norm + LM head"] == -GiB // 2
     assert "weights: embeddings" not in lines(budgets[1]) and "weights: final norm + LM head" not in lines(budgets[1])
-    # Stage 0 carries two more decoder layers (weights and CUDA-graph pieces) and the embeddings: the smallest.
-    assert budgets[0].bytes == budgets[1].bytes - 2 * LAYER - 2 * 86 * B.CUDA_GRAPH_BYTES_PER_LAYER - GiB
+    # Stage 0 carries two more decoder layers (weights and CUDA-graph pieces: one more S, one more A) and
+    # the embeddings: the smallest.
+    assert budgets[0].bytes == budgets[1].bytes - 2 * LAYER - GiB \
+        - 86 * (B.CUDA_GRAPH_BYTES_PER_STATE_LAYER + B.CUDA_GRAPH_BYTES_PER_LAYER)
 
 
 def test_single_gpu_large_tier_has_no_nccl_and_more_batched_tokens():
@@ -96,3 +100,4 @@ def test_multimodal_encoder_weights_and_profiling_peak():
     assert first["weights: vision encoder"] == -GiB and first["activations (encoder profiling)"] == -3 * GiB
     # The encoder runs on the first stage only; the last keeps the decoder's activations.
     assert "weights: vision encoder" not in last and last["activations (2048 tokens)"] == -2048 * B.ACTIVATION_BYTES_PER_TOKEN
+
