@@ -5,15 +5,15 @@ holding a copy of the state after a multiple of C tokens (and at a prompt's end)
 recently used beside cached attention blocks. C = ``k`` attention blocks of tokens, rounded up to a power of
 two: one checkpoint then costs between half and all of the attention bytes of the C tokens it saves
 recomputing, so cached state never outweighs the cached attention of the prefix it serves. At least 16
-blocks: on the vLLM CPU engine the plugin is tested on (``vllm_versions.ENGINE_TESTED``) a Mamba2 hybrid
-with prefix caching on fails at intervals of 64 and 128 tokens (the worker raises "index 8 is out of bounds
-for dimension 0 with size 6"; 256 and up run; cause not found), and 16 blocks is what the plugin ran with
-before C followed k. Qwen3.5-class models (k near 100) are not affected.
+blocks (what the plugin ran with before C followed k): for tiny slots it bounds the copies per request.
+Qwen3.5-class models (k near 100) are not affected. (The failures once seen on the CPU engine at 64 and 128
+tokens were vLLM's CPU Mamba2 scan, which cannot export an in-prefill checkpoint; the plugin switches that
+export off on CPU: ``vllm_plugin.kv_cache_planning._align_spec``.)
 """
 
 from __future__ import annotations
 
-MIN_BLOCKS = 16  # the CPU engine's Mamba2 fails with prefix caching at 64 and 128 tokens (2 and 4 blocks)
+MIN_BLOCKS = 16  # the fewest attention blocks between two checkpoints
 
 
 def checkpoint_interval_tokens(k: int, block: int) -> int:

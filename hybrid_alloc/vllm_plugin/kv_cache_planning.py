@@ -140,7 +140,7 @@ def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num
         )
     groups = natural_groups(worker_spec, state_specs)
     if checkpoint is not None:
-        groups = [KVCacheGroupSpec(g.layer_names, replace(g.kv_cache_spec, block_size=checkpoint))
+        groups = [KVCacheGroupSpec(g.layer_names, _align_spec(g.kv_cache_spec, checkpoint))
                   if isinstance(g.kv_cache_spec, MambaSpec) else g for g in groups]
     config = NaturalKVCacheConfig(
         num_blocks=num_blocks,
@@ -155,6 +155,20 @@ def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num
         groups, vllm_config.parallel_config.tensor_parallel_size, vllm_config.parallel_config.decode_context_parallel_size
     )
     return config
+
+
+def _align_spec(spec: MambaSpec, checkpoint: int) -> MambaSpec:
+    """A state group's spec in "align" mode: its block is the checkpoint interval. On vLLM's CPU backend the
+    layers' in-prefill checkpoint export is switched off: the CPU Mamba2 scan (``ops/cpu/mamba_ssm.py``)
+    returns each sequence's final state only, and the mixer's export indexes it by chunk ("index 14 is out of
+    bounds for dimension 0 with size 4", stock vLLM too); without the export the scheduler ends a chunk on the
+    checkpoint instead (``Scheduler._mamba_block_aligned_split``), as for layers that never export one."""
+    from vllm.platforms import current_platform  # lazy: resolved in the engine core, not at plugin import
+
+    spec = replace(spec, block_size=checkpoint)
+    if current_platform.is_cpu() and spec.num_prefill_checkpoint_blocks:
+        spec = replace(spec, num_prefill_checkpoint_blocks=0, prefill_checkpoint_alignment=None)
+    return spec
 
 
 def _natural_reason(vllm_config, kv_cache_specs) -> str | None:

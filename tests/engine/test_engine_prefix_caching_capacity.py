@@ -50,3 +50,16 @@ def test_same_tokens_caching_on_and_off(runs):
     """Greedy tokens with prefix caching on equal caching off (no prompt repeats here: hits are partial
     prefixes at most, so bf16 drift has nothing to amplify; a difference would be a wrong state)."""
     assert runs["on"].workloads[0]["tokens"] == runs["off"].workloads[0]["tokens"]
+
+
+def test_mamba2_runs_the_mixed_workload_with_prefix_caching(model, workdir):
+    """Mamba2 (float32) with prefix caching on: a prompt whose one chunk passes a checkpoint position made the
+    layer export an in-prefill checkpoint, which vLLM's CPU Mamba2 scan cannot ("index 14 is out of bounds
+    for dimension 0 with size 4", stock vLLM too); the plugin switches that export off on the CPU backend
+    (``kv_cache_planning._align_spec``). Tokens equal prefix caching off exactly (float32)."""
+    m = model("mamba2")
+    on = run(workdir, caching_spec(m, "float32", True, [MIXED]), plugin=True)
+    off = run(workdir, caching_spec(m, "float32", False, [MIXED]), plugin=True)
+    print(f"\nMamba2 steps / preemptions: caching on {on.workloads[0]['steps']} / {on.workloads[0]['preemptions']}, "
+          f"off {off.workloads[0]['steps']} / {off.workloads[0]['preemptions']}")
+    assert on.workloads[0]["tokens"] == off.workloads[0]["tokens"]
