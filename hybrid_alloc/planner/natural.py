@@ -252,9 +252,10 @@ class StageShape:
         (a stage with more state per attention layer than the shared ``k`` was chosen for)."""
         n, page = len(self.kv), self.state_page
         need = cdiv(self.r * page, k) if self.state_pages else 0
-        padded = tuple(self.block * kv if self.block * kv >= need else _pad(need) for kv in self.kv)
+        unpadded = tuple(self.block * kv for kv in self.kv)
+        padded = tuple(p if p >= need else _pad(need) for p in unpadded)
         by_padding = StatePlacement(tuple(i % n for i in range(len(self.state_pages))), padded, 0)
-        if not self.state_pages or all(self.block * kv >= need for kv in self.kv):
+        if padded == unpadded:
             return by_padding
         room = [min(self.r, k * self.block * kv // page) for kv in self.kv]
         regions, held, j = [], [0] * n, 0
@@ -267,7 +268,7 @@ class StageShape:
             else:
                 regions.append(n)  # the state region
         rest = regions.count(n)
-        by_region = StatePlacement(tuple(regions), tuple(self.block * kv for kv in self.kv), _pad(cdiv(rest * page, k)))
+        by_region = StatePlacement(tuple(regions), unpadded, _pad(cdiv(rest * page, k)))
         return by_region if by_region.bytes_per_block < by_padding.bytes_per_block else by_padding
 
     def bytes_per_block(self, k: int) -> int:
@@ -323,21 +324,20 @@ def choose_slot_blocks(shapes: list[StageShape], budgets: list[int], m: int, len
     needed = [shape.k_needed for shape in shapes if shape.kv and shape.state_pages]
     block = next(shape.block for shape in shapes if shape.kv)
 
-    def num_blocks(k: int) -> int:
-        return min(shape.max_blocks(b, k, True) for shape, b in zip(shapes, budgets))
+    candidates = range(max(1, min(needed)), max(needed) + 1)
+    num_blocks = {k: min(shape.max_blocks(b, k, True) for shape, b in zip(shapes, budgets)) for k in candidates}
 
     def score(k: int) -> float:
-        return _objective(num_blocks(k), k, m, block, lengths)
+        return _objective(num_blocks[k], k, m, block, lengths)
 
     def holds_floor(k: int) -> bool:
-        n = num_blocks(k)
+        n = num_blocks[k]
         held = all(
             min(floor.max_num_seqs, requests_that_fit(n, k, m, cdiv(length, block) + m * k)) >= requests
             for length, requests in floor.requests
         )
         return held and n / (cdiv(max(lengths), block) + m * k) >= floor.max_concurrency
 
-    candidates = range(max(1, min(needed)), max(needed) + 1)
     above = [k for k in candidates if holds_floor(k)] if floor else []
     return max(above or candidates, key=lambda k: (score(k), k))
 
@@ -434,8 +434,8 @@ def _slot_blocks(
 
 
 def _natural_stage(index: int, shape: StageShape, budget: int, fit: int, num_blocks: int, k: int) -> NaturalStage:
-    per_block = shape.bytes_per_block(k)
     placement = shape.placement(k) if shape.kv else StatePlacement((), (), 0)
+    per_block = placement.bytes_per_block
     hosted = [placement.regions.count(i) for i in range(len(shape.kv))]
     allocated = num_blocks * per_block if shape.kv else (num_blocks // k) * sum(shape.state_pages)
     return NaturalStage(
@@ -449,7 +449,7 @@ def _natural_stage(index: int, shape: StageShape, budget: int, fit: int, num_blo
         kv_bytes_per_token=sum(shape.kv),
         state_page_bytes=shape.state_page,
         state_bytes_per_request=sum(shape.state_pages),
-        state_layers_per_tensor=max(hosted, default=0) if placement.state_region_stride else shape.r,
+        state_layers_per_tensor=max(hosted, default=0),
         state_region_layers=placement.regions.count(len(shape.kv)) if shape.kv else 0,
         slot_blocks_needed=shape.k_needed,
         budget_bytes=budget,

@@ -25,13 +25,13 @@ from math import lcm
 
 from hybrid_alloc.errors import UserError
 from hybrid_alloc.models.layout import CacheLayer, ModelLayout, dtype_bytes
-from hybrid_alloc.models.max_model_len import of_layout as derived_max_len
 from hybrid_alloc.planner.hardware import (
     KERNEL_BLOCK_SIZE,
     HardwareProfile,
     attention_backend,
     get_hardware,
 )
+from hybrid_alloc.planner.natural import max_model_len as resolved_max_model_len
 from hybrid_alloc.planner.pipeline import stage_layers
 from hybrid_alloc.planner.settings import SUPPORTED_VLLM_VERSIONS, Settings
 from hybrid_alloc.vllm_versions import RELEASES, PlannerRules
@@ -402,7 +402,7 @@ def plan_stock(layout: ModelLayout, settings: Settings, stage_budgets: list[int]
     mode = settings.mamba_cache_mode
     cache_dtype = layout.resolve_kv_cache_dtype(settings.kv_cache_dtype)  # the checkpoint may pin fp8
     dtype_bytes(cache_dtype)  # validates the name
-    max_model_len = settings.max_model_len or derived_max_len(layout).default
+    max_model_len = resolved_max_model_len(layout, settings)
 
     stages = stage_layers(layout, settings.pp, settings.pp_layer_partition)
     configs = [
