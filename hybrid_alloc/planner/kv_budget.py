@@ -63,11 +63,6 @@ def default_max_num_batched_tokens(hardware: HardwareProfile) -> int:
     return 8192 if hardware.default_max_num_seqs >= 1024 else 2048
 
 
-def max_num_batched_tokens(settings: Settings, hardware: HardwareProfile) -> int:
-    """The stated ``--max-num-batched-tokens`` where Settings carries one, else vLLM's default."""
-    return getattr(settings, "max_num_batched_tokens", None) or default_max_num_batched_tokens(hardware)
-
-
 def cudagraph_count(settings: Settings, hardware: HardwareProfile) -> int:
     """The graphs vLLM captures by default (``VllmConfig._set_cudagraph_sizes``, cudagraph_mode
     FULL_AND_PIECEWISE): one PIECEWISE graph per capture size -- [1, 2, 4], every 8 below 256, every 16
@@ -76,7 +71,7 @@ def cudagraph_count(settings: Settings, hardware: HardwareProfile) -> int:
     to max_num_seqs (with it, backends often fall back to PIECEWISE only: not counted)."""
     query_len = 1 + settings.num_speculative_tokens
     ceiling = 1024 if (hardware.compute_capability or (0, 0))[0] == 10 else 512
-    largest = min(settings.max_num_seqs * query_len * 2, ceiling, max_num_batched_tokens(settings, hardware))
+    largest = min(settings.max_num_seqs * query_len * 2, ceiling, default_max_num_batched_tokens(hardware))
     sizes = [n for n in (1, 2, 4) if n <= largest] + list(range(8, min(largest + 1, 256), 8)) \
         + list(range(256, largest + 1, 16))
     full = [n for n in sizes if n <= settings.max_num_seqs] if settings.num_speculative_tokens == 0 else []
@@ -160,7 +155,7 @@ def _estimate(layout: ModelLayout, settings: Settings, hardware: HardwareProfile
     lines.append(KVCacheBudgetLine("non-torch memory", -non_torch, estimate=True))
     # The profiling run's peak: the decoder's forward over max_num_batched_tokens, or the multimodal
     # encoder's over the largest input (first stage), whichever is larger (they run one after the other).
-    tokens = max_num_batched_tokens(settings, hardware)
+    tokens = default_max_num_batched_tokens(hardware)
     activations = ACTIVATION_BYTES_PER_TOKEN * tokens
     if stage == 0 and layout.encoder_activation_bytes > activations:
         lines.append(KVCacheBudgetLine("activations (encoder profiling)", -layout.encoder_activation_bytes,
