@@ -50,6 +50,7 @@ _COMMON_SITES = {
         ("load_model", "profile_run", "initialize_kv_cache", "profile_cudagraph_memory", "capture_model"), _MODEL_RUNNERS
     ),
     "compile_or_warm_up_model": ("vllm.v1.worker.gpu_worker:Worker",),
+    "initialize_from_config": ("vllm.v1.worker.gpu_worker:Worker",),  # align mode: workers adopt the interval
 }
 # Private vLLM names the plugin calls or reads (a release that renames one needs a code change).
 _PRIVATE_NAMES = (
@@ -109,11 +110,12 @@ RELEASES = {
             PlannerRules(align_to_prefill_checkpoints=True, gdn_prefill_checkpoint_block=True, cpu_block_size_at_config=False),
             "vllm.v1.core.kv_cache_planning",
             global_groups=True,
-            # align mode changed (prefill checkpoint alignment, shared-prefix checkpoints): not verified yet
-            cache_modes=("none",),
+            cache_modes=("none", "align"),
             verified="planning (block size, groups, tensors, block count, capacity) and the scheduler tested "
-            "in-process against vllm 0.33.0 for every bundled config (tests/test_plugin_vllm33.py); no CPU build "
-            "of 0.33 exists to run an engine here",
+            "in-process against vllm 0.33.0 for every bundled config (tests/test_plugin_vllm33.py); prefix caching: "
+            "vLLM 0.33's Scheduler and KVCacheManager driven by a recording worker, with and without in-prefill "
+            "checkpoint export (tests/test_plugin_vllm33_align.py); no CPU build of 0.33 exists to run an engine "
+            "here, the GPU run is in tools/gpu_check.sh",
         ),
     )
 }

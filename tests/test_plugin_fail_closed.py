@@ -1,5 +1,6 @@
 """Fail-closed conditions of the plugin, unit level (each with its one reason line)."""
 
+import dataclasses
 import os
 from types import SimpleNamespace as NS
 
@@ -31,9 +32,11 @@ def test_natural_when_nothing_fails(monkeypatch):
     assert fail_closed.config_reason(config()) is None
     # prefix caching on: vLLM's "align" mode runs on natural pages (issue 7) where the release is verified
     caching = config(**{"cache_config.enable_prefix_caching": True, "cache_config.mamba_cache_mode": "align"})
-    monkeypatch.setattr(vllm_versions, "running", lambda: vllm_versions.RELEASES["0.32"])
-    assert fail_closed.config_reason(caching) is None
-    monkeypatch.setattr(vllm_versions, "running", lambda: vllm_versions.RELEASES["0.33"])
+    for version, release in vllm_versions.RELEASES.items():
+        monkeypatch.setattr(vllm_versions, "running", lambda: release)
+        assert fail_closed.config_reason(caching) is None, version
+    unverified = dataclasses.replace(vllm_versions.RELEASES["0.33"], cache_modes=("none",))
+    monkeypatch.setattr(vllm_versions, "running", lambda: unverified)
     assert "not verified on this vLLM release" in fail_closed.config_reason(caching)
 
 

@@ -131,6 +131,7 @@ from vllm.v1.core.kv_cache_utils import (  # noqa: E402
 )
 from vllm.v1.kv_cache_interface import AttentionSpec  # noqa: E402
 from vllm.v1.worker.utils import customize_attention_spec  # noqa: E402
+import vllm.v1.worker.gpu_worker  # noqa: E402, F401  (the plugin patches Worker; its import-time CUDA checks need _C)
 
 _Cuda._enum = PlatformEnum.CUDA
 # ModelConfig inspects the model class in a subprocess (to keep CUDA out of the parent); here there

@@ -41,9 +41,11 @@ def register() -> None:
         fail_closed.stock(reason)
         return
     # lazy: these import vllm's modules, whose layout only a supported release is known to have
-    from . import block_size, capacity_log, chunk_split, global_mode, kv_cache_coordinator, kv_cache_planning, tensors
+    from . import (block_size, capacity_log, checkpoint_interval, chunk_split, global_mode, kv_cache_coordinator,
+                   kv_cache_planning, tensors)
 
-    for module in (block_size, kv_cache_planning, capacity_log, kv_cache_coordinator, chunk_split, tensors):
+    for module in (block_size, checkpoint_interval, kv_cache_planning, capacity_log, kv_cache_coordinator, chunk_split,
+                   tensors):
         patching.apply(module.PATCHES)
     global_mode.patch()  # with HYBRID_ALLOC_MODE=global, the allocator is installed in each worker
 

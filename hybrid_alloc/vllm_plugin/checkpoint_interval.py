@@ -1,9 +1,14 @@
 """The state checkpoint interval of "align" mode (prefix caching on): ``HYBRID_ALLOC_STATE_CHECKPOINT``.
 
 ``block_size`` sets vLLM's ``mamba_block_size`` to a provisional value in each worker; ``kv_cache_planning``
-sets the state groups' block to the interval for the plan's ``k``; ``kv_cache_coordinator``'s align-mode
-managers checkpoint a request's state every that many tokens. The default is the trace's
-(``hybrid_alloc.planner.checkpoints.checkpoint_interval_tokens``): ``k`` blocks rounded up to a power of two.
+sets the state groups' block to the interval for the plan's ``k`` (in the engine core's ``cache_config``);
+each worker adopts it from the KV cache config it receives, before its model runner reads it (patch of
+``Worker.initialize_from_config``: vLLM's model runner V2 seeds a request's running state column
+from ``cache_config.mamba_block_size``, and GDN's FlashInfer prefill keeps its checkpoint grid there);
+``kv_cache_coordinator``'s align-mode managers checkpoint a request's state every that many tokens. The
+default is the trace's (``hybrid_alloc.planner.checkpoints.checkpoint_interval_tokens``): ``k`` blocks
+rounded up to a power of two, at least ``WORKER_SLOT_BLOCKS`` blocks: with a power-of-two attention block
+(every GPU backend's) never below the provisional interval, so buffers a worker sized on it suffice.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import os
 from hybrid_alloc.planner.checkpoints import checkpoint_interval_tokens
 
 from . import log
+from .natural_config import NaturalKVCacheConfig
+from .patching import Patch
 
 ENV = "HYBRID_ALLOC_STATE_CHECKPOINT"
 # The slot size block_size passes for a provisional interval: a worker sets mamba_block_size before its KV
@@ -39,3 +46,21 @@ def checkpoint_tokens(block: int, k: int) -> int:
         else:
             log.once(f"hybrid-alloc: {ENV}={value!r} is not a positive number of tokens; using {tokens}")
     return max(block, -(-tokens // block) * block)
+
+
+def adopt_interval(cache_config, kv_cache_config) -> None:
+    """A worker's ``cache_config.mamba_block_size`` := the state groups' block in a natural align-mode
+    config (the engine core's interval; the worker holds the provisional one); anything else unchanged."""
+    if isinstance(kv_cache_config, NaturalKVCacheConfig) and kv_cache_config.state_ids_are_block_ids:
+        cache_config.mamba_block_size = kv_cache_config.kv_cache_groups[0].kv_cache_spec.block_size  # state groups first
+
+
+def _initialize_from_config(original):
+    def initialize_from_config(self, kv_cache_config, *args, **kwargs):
+        adopt_interval(self.vllm_config.cache_config, kv_cache_config)
+        return original(self, kv_cache_config, *args, **kwargs)
+
+    return initialize_from_config
+
+
+PATCHES = (Patch("initialize_from_config", _initialize_from_config),)

@@ -12,7 +12,10 @@ gets when it ends on an attention block (the split reading the attention block),
 otherwise: floored to C, a step's leftover budget below C schedules nothing (61 engine steps against 40
 with caching off on the mixed workload of tests/engine/test_engine_prefix_caching_capacity.py). A chunk that
 runs past a checkpoint position leaves no checkpoint there (``AlignSlotMambaManager.cache_blocks`` keys only
-state blocks a chunk ended on). The live ``cache_config``, shared with the workers, is never changed.
+state blocks a chunk ended on). Where the layers export an in-prefill checkpoint (GPU), only the split on
+checkpoint positions counts on it: vLLM judges an export on the state block, and the attention-block split
+would skip the prompt's tail stop for an export that never happens (the repeated prompt then misses).
+The live ``cache_config``, shared with the workers, is never changed.
 """
 
 from __future__ import annotations
@@ -37,17 +40,20 @@ def _aligned_split(original):
         if not (isinstance(config, NaturalKVCacheConfig) and config.state_ids_are_block_ids):
             return original(self, *args, **kwargs)  # stock, or natural "none" mode (no state blocks keyed)
 
-        def split(block_size: int) -> int:
-            cache_config = self.cache_config
+        def split(block_size: int, exports: bool) -> int:
+            cache_config, has_export = self.cache_config, self.mamba_has_prefill_checkpoint_blocks
             self.cache_config = _StateBlockCacheConfig(cache_config, block_size)
+            self.mamba_has_prefill_checkpoint_blocks = has_export and exports
             try:
                 return original(self, *args, **kwargs)
             finally:
-                self.cache_config = cache_config
+                self.cache_config, self.mamba_has_prefill_checkpoint_blocks = cache_config, has_export
 
         # state groups come first and share the checkpoint interval (kv_cache_planning.natural_groups)
-        on_checkpoints = split(config.kv_cache_groups[0].kv_cache_spec.block_size)
-        on_blocks = split(config.block_size)
+        on_checkpoints = split(config.kv_cache_groups[0].kv_cache_spec.block_size, True)
+        # whether a chunk's in-prefill export is valid depends on the state block (MambaManager judges it on
+        # the interval): split on attention blocks as for layers without one, stopping at the prompt's tail
+        on_blocks = split(config.block_size, False)
         return on_checkpoints if 4 * on_checkpoints >= 3 * on_blocks else on_blocks
 
     return _mamba_block_aligned_split

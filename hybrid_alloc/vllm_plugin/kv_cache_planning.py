@@ -107,9 +107,27 @@ def plan(vllm_config, kv_cache_specs: list[dict], available_memory: list[int],
     configs = [_worker_config(vllm_config, w, shape, state_specs, num_blocks, k, checkpoint)
                for w, shape in zip(kv_cache_specs, shapes)]
     error = one_request_error(max_len, configs[0].blocks_per_request(max_len), shapes[0].block, num_blocks)
+    if error is None and checkpoint is not None:
+        error = _align_slots_error(configs[0], num_blocks, k)
     if error:
         raise ValueError(error)
     return configs
+
+
+def _align_slots_error(config: NaturalKVCacheConfig, num_blocks: int, k: int) -> str | None:
+    """In "align" mode vLLM's logic may take, for one request at once, a running slot, its prefix hit's
+    checkpoint and the in-prefill checkpoint where the layers export one, per state group (vLLM's own
+    startup bound: ``MambaSpec.max_memory_usage_bytes``, 2 + checkpoint blocks). A pool with fewer aligned
+    runs would leave such a request waiting forever on an otherwise empty pool: refuse to start instead."""
+    per_group = [2 + g.kv_cache_spec.num_prefill_checkpoint_blocks for g in config.kv_cache_groups[:config.num_state_groups]]
+    runs = num_blocks // k - 1  # run 0 holds vLLM's null block
+    if sum(per_group) <= runs:
+        return None
+    return (
+        f"hybrid-alloc: with prefix caching one request may hold {sum(per_group)} state slots of {k} blocks at once "
+        f"(vLLM's align mode: its running slot, the checkpoint it resumes from, an in-prefill checkpoint) but the "
+        f"KV cache holds {runs}; increase the KV cache memory or pass --no-enable-prefix-caching"
+    )
 
 
 def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num_blocks, k,
@@ -165,7 +183,11 @@ def _align_spec(spec: MambaSpec, checkpoint: int) -> MambaSpec:
     checkpoint instead (``Scheduler._mamba_block_aligned_split``), as for layers that never export one."""
     from vllm.platforms import current_platform  # lazy: resolved in the engine core, not at plugin import
 
-    spec = replace(spec, block_size=checkpoint)
+    # GDN's FlashInfer export keeps its offsets on the prefix-cache grid, vLLM's mamba_block_size
+    # (``get_mamba_prefill_checkpoint_grid``): the provisional interval here, the final one in the workers
+    # once they adopt it (``checkpoint_interval.adopt_interval``), never smaller
+    grid = checkpoint if spec.prefill_checkpoint_alignment == spec.block_size else spec.prefill_checkpoint_alignment
+    spec = replace(spec, block_size=checkpoint, prefill_checkpoint_alignment=grid)
     if current_platform.is_cpu() and spec.num_prefill_checkpoint_blocks:
         spec = replace(spec, num_prefill_checkpoint_blocks=0, prefill_checkpoint_alignment=None)
     return spec

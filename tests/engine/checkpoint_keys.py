@@ -161,16 +161,25 @@ class RecordingWorker:
     tokens whose state it holds (``()`` = a zeroed state). Block ids are pool ids (under the plugin: each
     slot's representative ``s*k``), as the runner's block tables hold them."""
 
-    def __init__(self, scheduler, state_groups: list[int], mamba_block_size: int):
+    def __init__(self, scheduler, state_groups: list[int], mamba_block_size: int, seed_block: int | None = None,
+                 export=None):
+        """``seed_block``: the worker's ``cache_config.mamba_block_size``, from which vLLM 0.33's model runner V2
+        seeds a new request's running column (``MambaHybridModelState.add_request``; default: the state
+        block). ``export``: ``(spec, vllm_config)`` where the layers export in-prefill checkpoints (vLLM
+        0.33 on GPU): each forward also writes the state at vLLM's own ``compute_mamba_prefill_checkpoints``
+        offset into column ``cdiv(seq_len, B) - 2``, as the kernels do."""
         self.scheduler = scheduler
         self.groups = state_groups
         self.B = mamba_block_size
+        self.seed_block = seed_block or mamba_block_size
+        self.export = export
         self.content: dict[int, tuple | None] = {}  # block id -> tokens of the state it holds (None: never written)
         self.tables: dict[str, list[list[int]]] = {}  # request -> per state group block table
         self.state_idx: dict[str, int] = {}  # mamba_utils.preprocess_mamba's mamba_state_idx
         self.chunks: list[tuple[str, int, int]] = []  # (request, chunk start, chunk end) of every prefill chunk
         self.wrong_reads: list[dict] = []  # a forward that resumed from a state other than its computed prefix
         self.in_place = 0  # steps whose state moved to a new column on the same block (checkpoint skipped)
+        self.exported = 0  # in-prefill checkpoints written
 
     def _blocks(self, group_ids):
         return [group_ids[g] for g in self.groups]
@@ -208,12 +217,14 @@ class RecordingWorker:
             req = self.scheduler.requests[r]
             c = computed[r]
             curr = cdiv(c + n, self.B) - 1
-            prev = self.state_idx.get(r, (c - 1) // self.B)
+            prev = self.state_idx.get(r, (c - 1) // self.seed_block)
             self.state_idx[r] = curr
             plan.append((r, req, c, n, curr))
             if prev != -1 and prev != curr:
-                copied = [(table[curr], self.content.get(table[prev])) for table in self.tables[r]]
-                self.in_place += sum(table[prev] == table[curr] for table in self.tables[r])
+                # a column past the table (a seed from the wrong block size) reads no state of this request
+                copied = [(table[curr], self.content.get(table[prev]) if prev < len(table) else None)
+                          for table in self.tables[r]]
+                self.in_place += sum(prev < len(table) and table[prev] == table[curr] for table in self.tables[r])
                 plan[-1] += (copied,)
             else:
                 plan[-1] += ([],)
@@ -223,6 +234,11 @@ class RecordingWorker:
         req_ids, sampled = [], []
         for r, req, c, n, curr, _ in plan:
             tokens = tuple(req.all_token_ids[: c + n])
+            for offset, col in [self._exported(c, n)] if self.export else ():
+                if col >= 0:
+                    self.exported += 1
+                    for table in self.tables[r]:
+                        self.content[table[col]] = tokens[: c + offset]
             for table in self.tables[r]:
                 block = table[curr]
                 if c > 0 and self.content.get(block) != tokens[:c]:  # the kernel's initial state
@@ -239,6 +255,22 @@ class RecordingWorker:
             sampled.append([] if c + n < req.num_tokens else [3 + hash(self.content[self.tables[r][0][curr]]) % 500])
         return ModelRunnerOutput(req_ids=req_ids, req_id_to_index={r: i for i, r in enumerate(req_ids)},
                                  sampled_token_ids=sampled)
+
+
+    def _exported(self, computed: int, scheduled: int) -> tuple[int, int]:
+        """(offset into the query, block-table column) of the in-prefill checkpoint the kernels export, as
+        ``MambaPrefillCheckpointBuilder.build`` computes it; ``(0, -1)``: none."""
+        from vllm.model_executor.layers.mamba.checkpoint import compute_mamba_prefill_checkpoints
+
+        spec, vllm_config = self.export
+        cache = vllm_config.cache_config
+        [offset], [col] = compute_mamba_prefill_checkpoints(
+            [computed + scheduled], [scheduled], hash_block_size=cache.hash_block_size, mamba_block_size=spec.block_size,
+            checkpoint_alignment=spec.prefill_checkpoint_alignment, drop_eagle_block=False,
+            cache_hit_alignment_tokens=cache.cache_hit_alignment_tokens,
+            num_hash_lookahead_tokens=vllm_config.num_hash_lookahead_tokens,
+        )
+        return offset, col
 
 
 def cached_state_keys(scheduler, groups, token_of_hash) -> list[tuple[int, int]]:
