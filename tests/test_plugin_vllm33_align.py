@@ -267,3 +267,49 @@ def test_workers_must_adopt_the_interval(plugin, tmp_path_factory):
     runs = [_run(SETUPS[0], True, seed, root, adopt=False, interval=False) for seed in range(6)]
     assert any(r["checkpoint"] != r["provisional"] for r in runs)
     assert any(r["wrong_reads"] for r in runs)
+
+
+@pytest.mark.parametrize("setup", SETUPS, ids=IDS)
+def test_too_few_slots_for_align_mode_refuses_as_the_trace_says(setup, plugin, tmp_path_factory):
+    """Below align mode's per-request worst case in aligned runs (a running slot, a hit's checkpoint, an
+    in-prefill checkpoint where the layers export) a request could wait forever on an empty pool (found by
+    this module's harness: Nemotron-H-4B on 270 MiB, 2 usable runs, a repeated prompt needing 3). The plugin
+    refuses to start there with the trace's own text; a budget with one more run starts."""
+    from vllm.config import CacheConfig, ModelConfig, VllmConfig
+
+    from hybrid_alloc.planner.comparison import stock_floor
+    from hybrid_alloc.planner.natural import plan_natural
+    from hybrid_alloc.planner.settings import Settings
+    from hybrid_alloc.planner.stock import plan_stock
+
+    config_name, hardware, kv_bytes = setup
+    root = str(tmp_path_factory.getbasetemp())
+    _Cuda.capability = DeviceCapability(*HARDWARE[hardware].compute_capability)
+    vc = VllmConfig(model_config=ModelConfig(model=_model_dir(config_name, root), skip_tokenizer_init=True,
+                                             max_model_len=MAX_LEN), cache_config=CacheConfig(enable_prefix_caching=True))
+    layout = _layout(vc)
+    settings = Settings(hardware=hardware, vllm_version="0.33", max_model_len=MAX_LEN, prefix_caching=True)
+
+    def trace(budget):
+        floor = stock_floor(plan_stock(layout, settings, [budget]), settings, MAX_LEN)
+        return plan_natural(layout, settings, [budget], HARDWARE[hardware], stock_floor=floor)
+
+    def plugin_error(budget):
+        try:
+            _engine(config_name, hardware, True, 256, budget, root)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    plan = trace(kv_bytes)
+    slots = plan.align_slots
+    assert slots == (3 if setup[1] == "h100" or "Nemotron" in config_name else 2)
+    # the largest budget the trace refuses (bisection): short of slots before short of blocks
+    low, high = 1 << 20, kv_bytes
+    assert trace(low).error and plan.error is None
+    while high - low > 1 << 16:
+        mid = (low + high) // 2
+        low, high = (mid, high) if trace(mid).error else (low, mid)
+    assert "state slots" in trace(low).error
+    assert plugin_error(low) == trace(low).error
+    assert plugin_error(high) is None

@@ -8,11 +8,12 @@
 # 2. runs the GPU tests (tests/gpu: MemPool mode, global mode in a fresh process, record_stream, CUDA graph
 #    capture, a 1 GiB slab seen by NVML/cuMemGetInfo) and the host-backend allocator tests;
 # 3. with vLLM installed, starts a tiny hybrid engine three times (plugin in mempool mode; global mode eager
-#    and with CUDA graphs: tests/gpu/gpu_cases.py case_vllm_global); with 2+ GPUs and Ray, twice more with
+#    and with CUDA graphs: tests/gpu/gpu_cases.py case_vllm_global), four times with prefix caching on and off
+#    (tiny Mamba2 and GDN hybrids: case_vllm_prefix_caching); with 2+ GPUs and Ray, twice more with
 #    vLLM's Ray executor and PP=2, stock and plugin, on a Ray head it starts (case_vllm_ray_pp2);
 # 4. benchmarks hybrid_alloc vs PyTorch's caching allocator vs cudaMallocAsync (tests/gpu/bench_gpu.py)
 #    and prints a short table last.
-# Budget: under 8 minutes without vLLM, 7 more with it, up to 13 more with Ray (each step has its own timeout). Exit code: 0 only if every step passed.
+# Budget: under 8 minutes without vLLM, 13 more with it, up to 13 more with Ray (each step has its own timeout). Exit code: 0 only if every step passed.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
@@ -78,7 +79,7 @@ EOF
 record "hook bridge" $?
 
 step "tests (GPU + host backend)"
-timeout 330 "$PY" -m pytest -q -rsx -p no:cacheprovider -k "not vllm_engine_global_mode and not vllm_engine_ray_pp2" tests/gpu \
+timeout 330 "$PY" -m pytest -q -rsx -p no:cacheprovider -k "not vllm_engine_global_mode and not vllm_engine_ray_pp2 and not vllm_engine_prefix_caching" tests/gpu \
   tests/test_allocator_abi.py tests/test_allocator_module.py tests/test_allocator_tools.py 2>&1 | tail -25
 record "pytest" "${PIPESTATUS[0]}"
 
@@ -86,6 +87,11 @@ step "vLLM engine: the plugin in global mode, eager and with CUDA graphs (skippe
 HYBRID_ALLOC_BACKEND=cuda timeout 420 "$PY" tests/gpu/gpu_cases.py vllm_global 2>&1 | tail -30
 rc=${PIPESTATUS[0]}
 if [ "$rc" -eq 3 ]; then SUMMARY+=("SKIP  vLLM global mode (vLLM not importable)"); else record "vLLM global mode" "$rc"; fi
+
+step "vLLM engine: prefix caching on natural pages, Mamba2 float32 + GDN bf16 (skipped without vLLM)"
+HYBRID_ALLOC_BACKEND=cuda timeout 360 "$PY" tests/gpu/gpu_cases.py vllm_prefix_caching 2>&1 | tail -30
+rc=${PIPESTATUS[0]}
+if [ "$rc" -eq 3 ]; then SUMMARY+=("SKIP  vLLM prefix caching (vLLM not importable)"); else record "vLLM prefix caching" "$rc"; fi
 
 step "vLLM engine: PP=2 over two GPUs with the Ray executor (skipped without 2 GPUs, vLLM or Ray)"
 RAY_CLI=("$PY" -c 'import sys; from ray.scripts.scripts import main; sys.argv[0] = "ray"; sys.exit(main())')

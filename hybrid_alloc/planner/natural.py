@@ -146,6 +146,8 @@ class NaturalPlan:
     notes: tuple[str, ...]
     # Prefix caching on, state and attention layers: tokens between state checkpoints (C); else None.
     checkpoint_interval: int | None = None
+    # Prefix caching on: state slots vLLM's align logic may take for one request at once (align_slots_error)
+    align_slots: int = 0
 
     @property
     def checkpoint_bytes(self) -> int:
@@ -172,7 +174,9 @@ class NaturalPlan:
     def error(self) -> str | None:
         """The plugin's refusal to start (``vllm_plugin.kv_cache_planning``), or None."""
         return one_request_error(self.max_model_len, self.blocks_per_request(self.max_model_len),
-                                 self.attention_block_size, self.num_blocks)
+                                 self.attention_block_size, self.num_blocks) or (
+            align_slots_error(self.align_slots, self.state_slot_blocks, self.num_blocks) if self.align_slots else None
+        )
 
     @property
     def max_concurrency(self) -> float:
@@ -194,6 +198,22 @@ def one_request_error(max_model_len: int, blocks_per_request: int, block: int | 
     return (
         f"hybrid-alloc: one request of max_model_len={max_model_len} needs {blocks_per_request} blocks of "
         f"{block} tokens but the KV cache holds {usable}; increase the KV cache memory or decrease max_model_len"
+    )
+
+
+def align_slots_error(slots: int, k: int, num_blocks: int) -> str | None:
+    """In "align" mode vLLM's logic may take, for one request at once, its running slot, the checkpoint its
+    prefix hit resumes from and an in-prefill checkpoint where the layers export one, per state group
+    (vLLM's own bound, ``MambaSpec.max_memory_usage_bytes``: 2 + checkpoint blocks). A pool with fewer
+    aligned runs of ``k`` blocks would leave such a request waiting forever on an otherwise empty pool:
+    the plugin's refusal to start; else None."""
+    runs = num_blocks // k - 1  # run 0 holds vLLM's null block
+    if slots <= runs:
+        return None
+    return (
+        f"hybrid-alloc: with prefix caching one request may hold {slots} state slots of {k} blocks at once "
+        f"(vLLM's align mode: its running slot, the checkpoint it resumes from, an in-prefill checkpoint) but the "
+        f"KV cache holds {runs}; increase the KV cache memory or pass --no-enable-prefix-caching"
     )
 
 
@@ -380,7 +400,20 @@ def plan_natural(
         checkpoint_interval=(
             checkpoint_interval_tokens(k, block) if settings.prefix_caching and has_state and has_attention else None
         ),
+        align_slots=_align_slots(layout, settings, hardware) if settings.prefix_caching and has_state and has_attention else 0,
     )
+
+
+def _align_slots(layout: ModelLayout, settings: Settings, hardware: HardwareProfile) -> int:
+    """vLLM's align-mode state blocks per request (``stock.vllm_state_blocks_per_request``; one state group,
+    as ``natural_state_slots_per_request`` counts), without the in-prefill checkpoint on the CPU backend, where
+    the plugin switches the export off (``vllm_plugin.kv_cache_planning._align_spec``)."""
+    from hybrid_alloc.planner.stock import vllm_state_blocks_per_request  # stock imports this module
+
+    per_group = vllm_state_blocks_per_request(layout, settings, hardware)
+    if hardware.compute_capability is None:
+        per_group = min(per_group, 2 + settings.num_speculative_tokens)
+    return per_group
 
 
 def _stage_shapes(per_stage, dtype: str, block: int) -> list[StageShape]:

@@ -36,7 +36,14 @@ from vllm.v1.kv_cache_interface import (
 )
 
 from hybrid_alloc import vllm_versions
-from hybrid_alloc.planner.natural import StageShape, StockFloor, choose_slot_blocks, objective_lengths, one_request_error
+from hybrid_alloc.planner.natural import (
+    StageShape,
+    StockFloor,
+    align_slots_error,
+    choose_slot_blocks,
+    objective_lengths,
+    one_request_error,
+)
 
 from . import capacity_log, fail_closed, patching
 from .checkpoint_interval import checkpoint_tokens
@@ -108,26 +115,12 @@ def plan(vllm_config, kv_cache_specs: list[dict], available_memory: list[int],
                for w, shape in zip(kv_cache_specs, shapes)]
     error = one_request_error(max_len, configs[0].blocks_per_request(max_len), shapes[0].block, num_blocks)
     if error is None and checkpoint is not None:
-        error = _align_slots_error(configs[0], num_blocks, k)
+        state_groups = configs[0].kv_cache_groups[:len(state_specs)]
+        slots = sum(2 + g.kv_cache_spec.num_prefill_checkpoint_blocks for g in state_groups)
+        error = align_slots_error(slots, k, num_blocks)
     if error:
         raise ValueError(error)
     return configs
-
-
-def _align_slots_error(config: NaturalKVCacheConfig, num_blocks: int, k: int) -> str | None:
-    """In "align" mode vLLM's logic may take, for one request at once, a running slot, its prefix hit's
-    checkpoint and the in-prefill checkpoint where the layers export one, per state group (vLLM's own
-    startup bound: ``MambaSpec.max_memory_usage_bytes``, 2 + checkpoint blocks). A pool with fewer aligned
-    runs would leave such a request waiting forever on an otherwise empty pool: refuse to start instead."""
-    per_group = [2 + g.kv_cache_spec.num_prefill_checkpoint_blocks for g in config.kv_cache_groups[:config.num_state_groups]]
-    runs = num_blocks // k - 1  # run 0 holds vLLM's null block
-    if sum(per_group) <= runs:
-        return None
-    return (
-        f"hybrid-alloc: with prefix caching one request may hold {sum(per_group)} state slots of {k} blocks at once "
-        f"(vLLM's align mode: its running slot, the checkpoint it resumes from, an in-prefill checkpoint) but the "
-        f"KV cache holds {runs}; increase the KV cache memory or pass --no-enable-prefix-caching"
-    )
 
 
 def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num_blocks, k,

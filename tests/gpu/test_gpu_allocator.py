@@ -42,3 +42,8 @@ def test_vllm_engine_ray_pp2(run_case):
     """Issue 15: PP=2 over two GPUs with vLLM's Ray executor, stock and plugin, the plugin's variables through
     runtime_env (needs 2+ GPUs, Ray and a running cluster in $RAY_ADDRESS: tools/gpu_check.sh starts one)."""
     print(run_case("vllm_ray_pp2", timeout=900))
+
+
+def test_vllm_engine_prefix_caching(run_case):
+    """Issue 12: prefix caching on natural pages on CUDA, Mamba2 float32 and GDN bf16 (four engine starts)."""
+    print(run_case("vllm_prefix_caching", timeout=900))
