@@ -167,6 +167,34 @@ def _run(setup, caching: bool, seed: int, tmp_root: str, adopt: bool = True, kv_
            "checkpoint": spec.block_size, "provisional": provisional, "repeat_hits": [], "hits": 0}
     token_of_hash: dict = {}
     hit_ids: dict = {}  # request -> the state blocks its prefix hits resumed from
+    managers = scheduler.kv_cache_manager.coordinator.single_type_managers
+
+    def own_slots(g: int, rid: str) -> int:
+        return sum(not b.is_null and b.block_id not in hit_ids.get(rid, ()) for b in managers[g].req_to_blocks[rid])
+
+    # at each preemption: state blocks held beyond each request's running slot, and the state blocks the
+    # allocation that failed asked for (the last count of every state manager: a request already running
+    # asks for none unless something charges a checkpoint)
+    out["at_preemption"] = []
+    demand: dict = {}
+
+    def counting(g, count):
+        def get_num_blocks_to_allocate(request_id, *args, **kwargs):
+            demand[g] = (request_id, count(request_id, *args, **kwargs))
+            return demand[g][1]
+        return get_num_blocks_to_allocate
+
+    for g in groups:
+        managers[g].get_num_blocks_to_allocate = counting(g, managers[g].get_num_blocks_to_allocate)
+    preempt = scheduler._preempt_request
+
+    def preempt_request(request, *args, **kwargs):
+        held = sum(max(0, own_slots(g, r) - 1) for g in groups for r in managers[g].req_to_blocks)
+        asked = sum(n for r, n in demand.values() if r in managers[groups[0]].req_to_blocks)
+        out["at_preemption"].append((held, asked))
+        return preempt(request, *args, **kwargs)
+
+    scheduler._preempt_request = preempt_request
     waves = checkpoint_keys.workload(rng, MAX_LEN - 8)
     waves.append(list(waves[-1]))  # the last wave's prompts again (their checkpoints are the newest cached)
     every = []
@@ -193,7 +221,6 @@ def _run(setup, caching: bool, seed: int, tmp_root: str, adopt: bool = True, kv_
                     if held != tokens or position != len(tokens):
                         out["bad_keys"].append((out["steps"], position, None if held is None else len(held)))
                 out["owner_violations"] += checkpoint_keys.owner_violations(scheduler, groups, config.slot_blocks)
-            managers = scheduler.kv_cache_manager.coordinator.single_type_managers
             cached = step.scheduled_cached_reqs
             started = [(n.req_id, n.num_computed_tokens) for n in step.scheduled_new_reqs] + [
                 (r, cached.num_computed_tokens[i]) for i, r in enumerate(cached.req_ids) if r in cached.resumed_req_ids]
@@ -201,9 +228,8 @@ def _run(setup, caching: bool, seed: int, tmp_root: str, adopt: bool = True, kv_
                 blocks_of = managers[g].req_to_blocks
                 for rid, computed in started:  # a prefix hit: the cached checkpoint it resumes from (read, released)
                     hit_ids[rid] = {b.block_id for b in blocks_of[rid] if computed and b.block_hash is not None}
-                for rid, blocks in blocks_of.items():
-                    own = [b for b in blocks if not b.is_null and b.block_id not in hit_ids.get(rid, ())]
-                    out["max_slots"] = max(out["max_slots"], len(own))
+                for rid in blocks_of:
+                    out["max_slots"] = max(out["max_slots"], own_slots(g, rid))
             assert out["steps"] < 20_000
         every += reqs
     out["wrong_reads"] = worker.wrong_reads
@@ -250,14 +276,19 @@ def test_align_mode_on_vllm33_scheduler(setup, runs):
     assert {on["export"] for on, _, _ in runs[setup]} == {setup[1] == "h100" or "Nemotron" in setup[0]}
 
 
-@pytest.mark.xfail(strict=True, reason="measured over 16 seeds: caching on preempts 2 (GDN, no export) and 4 "
-                   "(Mamba2, exporting) times where caching off preempts 0; the cause is not found yet")
-@pytest.mark.parametrize("setup", [s for s in SETUPS if s[1] == "rtx3060"], ids=[i for i in IDS if "rtx3060" in i])
-def test_checkpoints_cause_no_preemption(setup, runs):
-    on = sum(r[0]["preemptions"] for r in runs[setup])
+@pytest.mark.parametrize("setup", SETUPS, ids=IDS)
+def test_no_preemption_is_caused_by_checkpoints(setup, runs):
+    """At every preemption with caching on, no request holds a state slot beyond its running one and the
+    allocation that failed asked for no state block (cached checkpoints are evictable and never charged to a
+    running request: only attention blocks were short). The counts are printed: on the small GDN pool
+    caching on preempts twice over 16 cases where off does not, because chunks that end on checkpoints leave
+    budget that admits a second request early, not for memory checkpoints take. Caught: vLLM's own align
+    allocation in place of the plugin's (16 preemptions in the GDN setup, one slot asked for at each), and
+    an exporting step that took vLLM's two fresh slots (4 in the Mamba2 setup, before ``_export_in_place``)."""
+    on = [e for r in runs[setup] for e in r[0]["at_preemption"]]
     off = sum(r[1]["preemptions"] for r in runs[setup])
-    print(f"\n{setup[0]}: preemptions caching on {on} / off {off}")
-    assert on <= off
+    print(f"\n{setup[0]} {setup[1]}: preemptions caching on {len(on)} / off {off}; (held, asked) {on}")
+    assert on == [(0, 0)] * len(on)
 
 
 def test_workers_must_adopt_the_interval(plugin, tmp_path_factory):

@@ -83,8 +83,11 @@ class AlignSlotMambaManager(MambaManager):
     evictable at once. So no request is refused or preempted for a checkpoint, and a later hit on that
     prefix recomputes from an earlier checkpoint. A step that runs past a checkpoint position without ending
     there leaves no checkpoint (``cache_blocks``).
-    A step with an in-prefill checkpoint block (GPU backends whose layers export one) is vLLM's, charged as
-    vLLM charges it."""
+    A running request's step with an in-prefill checkpoint (GPU backends whose layers export one) also
+    moves its slot on in place and takes one fresh slot, the checkpoint the layers write
+    (``_export_in_place``; vLLM's takes two, the next running block and the checkpoint, and preempted
+    others for them: 4 times in 16 cases of tests/test_plugin_vllm33_align.py, 0 now), charged for that step
+    and then cached. A new request's first step is vLLM's, charged as vLLM charges it."""
 
     slot_blocks: int  # k
     kept: list  # (running slot, its detached keys, their token count): checkpoints this step copies if it can
@@ -94,9 +97,10 @@ class AlignSlotMambaManager(MambaManager):
         slots = super().get_num_blocks_to_allocate(request_id, num_tokens, new_computed_blocks, *args, **kwargs)
         if slots > self.block_pool.num_gpu_blocks:
             return slots  # MambaManager's own refusal
-        if request_id in self._allocated_block_reqs and not (
-            kwargs.get("apply_admission_cap") or request_id in self._checkpoints
-        ):
+        running = request_id in self._allocated_block_reqs and not kwargs.get("apply_admission_cap")
+        if running and request_id in self._checkpoints and request_id not in self._partial_hit_reqs:
+            required = 1  # the in-prefill checkpoint the layers write (_export_in_place)
+        elif running and request_id not in self._checkpoints:
             required = 0  # a running request keeps its slot; whatever else vLLM would take is a checkpoint
         else:
             required = slots  # vLLM's: the running slot, a prefix hit, an in-prefill checkpoint block
@@ -114,12 +118,14 @@ class AlignSlotMambaManager(MambaManager):
         return pool.free_block_queue.num_free_runs >= 1 and spare >= len(self._allocated_block_reqs)
 
     def allocate_new_blocks(self, request_id: str, num_tokens: int, num_tokens_main_model: int) -> list:
-        if request_id in self._checkpoints:
-            # an in-prefill checkpoint (where the layer exports one, GPU backends): vLLM's step as charged,
-            # so the worker's export never lands in the null slot (whose page spans ids 0..k-1)
-            return super().allocate_new_blocks(request_id, num_tokens, num_tokens_main_model)
         blocks = self.req_to_blocks[request_id]
         running = request_id in self._allocated_block_reqs
+        if request_id in self._checkpoints:
+            # an in-prefill checkpoint (where the layer exports one, GPU backends): a fresh block at its column,
+            # so the worker's export never lands in the null slot (whose page spans ids 0..k-1)
+            if running and request_id not in self._partial_hit_reqs:
+                return self._export_in_place(request_id, num_tokens_main_model)
+            return super().allocate_new_blocks(request_id, num_tokens, num_tokens_main_model)
         moves_on = running and cdiv(num_tokens_main_model, self.block_size) > len(blocks)
         if running and request_id in self._partial_hit_reqs:  # the producer of a prompt's partial tail
             _, slot = self._partial_hit_reqs.pop(request_id)
@@ -166,6 +172,23 @@ class AlignSlotMambaManager(MambaManager):
         for i in range(before, after):
             if (i + 1) * self.block_size != num_tokens and not blocks[i].is_null:
                 self.block_pool._maybe_evict_cached_block(blocks[i])
+
+    def _export_in_place(self, request_id: str, num_tokens_main_model: int) -> list:
+        """A running request's step with an in-prefill checkpoint: the running slot moves on in place to the
+        column of this step's state (its keys detached, as when it moves past a checkpoint) and one fresh
+        slot sits at the checkpoint's column (vLLM's ``cdiv(end, B) - 2``), where the layers export the
+        state at the checkpoint position; vLLM keys it there (``_cache_partial_tail_block``)."""
+        blocks = self.req_to_blocks[request_id]
+        prev = len(blocks) - 1
+        slot = blocks[prev]
+        _, checkpoint_idx = self._checkpoints[request_id]
+        assert checkpoint_idx == cdiv(num_tokens_main_model, self.block_size) - 2 and checkpoint_idx > prev
+        self._detach(slot)
+        self.last_state_block_idx[request_id] = prev
+        blocks[prev] = self._null_block
+        blocks.extend([self._null_block] * (checkpoint_idx - len(blocks)))
+        blocks.extend([*self.block_pool.get_new_blocks(1), slot])
+        return blocks[prev + 1:]
 
     def _continue_in_place(self, request_id: str, num_tokens_main_model: int) -> list:
         """The running slot moves to the column of this step's state (``cdiv(end, B) - 1``) instead of a
