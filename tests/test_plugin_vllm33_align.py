@@ -122,9 +122,10 @@ def _engine(config_name: str, hardware: str, caching: bool, budget: int, kv_byte
 
 
 def _run(setup, caching: bool, seed: int, tmp_root: str, adopt: bool = True, kv_scale: int = 1,
-         interval: bool = True) -> dict:
+         interval: bool = True, budget: int | None = None) -> dict:
     """One random case: waves of prompts sharing prefixes, then the last wave again. ``interval``: a random
-    ``HYBRID_ALLOC_STATE_CHECKPOINT`` (the provisional and final intervals then agree); else the default."""
+    ``HYBRID_ALLOC_STATE_CHECKPOINT`` (the provisional and final intervals then agree); else the default.
+    ``budget``: max_num_batched_tokens (default: a random one)."""
     from vllm import SamplingParams
     from vllm.utils.hashing import get_hash_fn_by_name
     from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
@@ -138,7 +139,7 @@ def _run(setup, caching: bool, seed: int, tmp_root: str, adopt: bool = True, kv_
     config_name, hardware, kv_bytes = setup
     kv_bytes *= kv_scale
     rng = random.Random(seed)
-    budget = rng.choice((32, 48, 64, 96, 128, 192, 256, 333))
+    budget = rng.choice((32, 48, 64, 96, 128, 192, 256, 333)) if budget is None else budget
     if interval:
         os.environ["HYBRID_ALLOC_STATE_CHECKPOINT"] = str(rng.choice((64, 128, 256, 512)))
     try:

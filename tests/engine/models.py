@@ -12,7 +12,7 @@ import os
 VOCAB = 512
 
 # name -> (dtype, builder kwargs); the patterns use Nemotron-H's letters: M = Mamba2, * = attention, - = MLP.
-MODELS = ("mamba2", "gdn", "attention", "mamba2_pp", "mamba2_pp_region", "mamba2_longmem", "gdn_longmem")
+MODELS = ("mamba2", "gdn", "attention", "mamba2_pp", "mamba2_pp_region", "mamba2_longmem", "gdn_longmem", "gdn_pp")
 
 
 def _long_memory(model):
@@ -93,18 +93,25 @@ def build_gdn_longmem(path: str) -> str:
     return build_gdn(path, long_memory=True)
 
 
-def build_gdn(path: str, long_memory: bool = False) -> str:
+def build_gdn_pp(path: str) -> str:
+    """``gdn`` with six layers for 3 pipeline stages, [L*][L*][L*]: a Gated DeltaNet and an attention layer
+    on every stage."""
+    return build_gdn(path, layer_types=["linear_attention", "full_attention"] * 3)
+
+
+def build_gdn(path: str, long_memory: bool = False, layer_types: list | None = None) -> str:
     """Bfloat16 Qwen3-Next style: 3 Gated DeltaNet + 1 attention layer (the CPU GDN kernel needs bf16)."""
     import torch
     from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
 
     torch.manual_seed(0)
+    layer_types = layer_types or ["linear_attention", "linear_attention", "linear_attention", "full_attention"]
     config = Qwen3NextConfig(
         vocab_size=VOCAB,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=4,
-        layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+        num_hidden_layers=len(layer_types),
+        layer_types=layer_types,
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=32,
@@ -155,6 +162,7 @@ BUILDERS = {
     "attention": build_attention,
     "mamba2_longmem": build_mamba2_longmem,
     "gdn_longmem": build_gdn_longmem,
+    "gdn_pp": build_gdn_pp,
 }
 
 

@@ -166,3 +166,30 @@ def test_pipeline_parallel_3_with_prefix_caching(model, workdir):
     for stage in plan.stages:
         assert len(on.lines(f"stage {stage.stage}: {stage.bytes} bytes of KV cache")) == 1
     assert sorted(int(line.split()[4]) for line in on.lines("KV cache allocated")) == sorted(s.bytes for s in plan.stages)
+
+
+def test_pipeline_parallel_3_with_prefix_caching_gdn(model, workdir):
+    """PP=3 with prefix caching on, Gated DeltaNet (bf16, its state in bf16 on any CPU): a GDN and an attention
+    layer per stage, the same prompts twice; tokens equal prefix caching off on both passes (the second
+    resumes from checkpoints on every stage), the second pass hits, each stage's bytes = plan."""
+    name, budget = "gdn_pp", 8_000_000
+    workload = {"prompts": SHORT["prompts"][:8] + LONG["prompts"][:1], "max_tokens": 8}
+
+    def spec(caching: bool) -> dict:
+        return {"model": model(name), "workloads": [workload, workload],
+                "engine": {"dtype": "bfloat16", "mamba_ssm_cache_dtype": "bfloat16", "kv_cache_memory_bytes": budget,
+                           "pipeline_parallel_size": 3, "enforce_eager": False, "max_model_len": 1024,
+                           "enable_prefix_caching": caching}}
+
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    on, off = run(workdir, spec(True), plugin=True, env=env), run(workdir, spec(False), plugin=True, env=env)
+    print("\n  " + "\n  ".join(on.log))
+    print("  hits:", [w["prefix_hits"] for w in on.workloads], "steps:", [w["steps"] for w in on.workloads])
+    assert not on.lines("leaving vLLM stock")
+    assert [w["tokens"] for w in on.workloads] == [w["tokens"] for w in off.workloads]
+    assert on.workloads[1]["prefix_hits"] > 0
+    plan = natural_plan(model(name), pp=3, budget=budget, dtype="bfloat16", prefix_caching=True,
+                        mamba_ssm_cache_dtype="bfloat16")
+    for stage in plan.stages:
+        assert len(on.lines(f"stage {stage.stage}: {stage.bytes} bytes of KV cache")) == 1
+    assert sorted(int(line.split()[4]) for line in on.lines("KV cache allocated")) == sorted(s.bytes for s in plan.stages)
