@@ -146,7 +146,7 @@ class NaturalPlan:
     notes: tuple[str, ...]
     # Prefix caching on, state and attention layers: tokens between state checkpoints (C); else None.
     checkpoint_interval: int | None = None
-    # Prefix caching on: state slots vLLM's align logic may take for one request at once (align_slots_error)
+    # Prefix caching on: state slots one request may hold at once (align_slots_error); else 0
     align_slots: int = 0
 
     @property
@@ -201,19 +201,25 @@ def one_request_error(max_model_len: int, blocks_per_request: int, block: int | 
     )
 
 
+# State slots one request may hold at once in align mode, per state group, besides an in-prefill export's
+# block: the checkpoint a new request's prefix hit resumes from, vLLM's copy of it where the hit ends inside
+# a state block, and the running slot (MambaManager's cap on a request's new blocks, 1 + partial hit +
+# checkpoint block, and the hit it touches; measured: tests/test_plugin_vllm33_align.py)
+ALIGN_SLOTS = 3
+
+
 def align_slots_error(slots: int, k: int, num_blocks: int) -> str | None:
-    """In "align" mode vLLM's logic may take, for one request at once, its running slot, the checkpoint its
-    prefix hit resumes from and an in-prefill checkpoint where the layers export one, per state group
-    (vLLM's own bound, ``MambaSpec.max_memory_usage_bytes``: 2 + checkpoint blocks). A pool with fewer
-    aligned runs of ``k`` blocks would leave such a request waiting forever on an otherwise empty pool:
-    the plugin's refusal to start; else None."""
+    """A pool with fewer aligned runs of ``k`` blocks than one request may hold at once in align mode
+    (``ALIGN_SLOTS`` per state group, plus the export's block where layers export) leaves such a request
+    waiting forever on an otherwise empty pool (vLLM's admission asks for them all before it starts): the
+    plugin's refusal to start; else None."""
     runs = num_blocks // k - 1  # run 0 holds vLLM's null block
     if slots <= runs:
         return None
     return (
         f"hybrid-alloc: with prefix caching one request may hold {slots} state slots of {k} blocks at once "
-        f"(vLLM's align mode: its running slot, the checkpoint it resumes from, an in-prefill checkpoint) but the "
-        f"KV cache holds {runs}; increase the KV cache memory or pass --no-enable-prefix-caching"
+        f"(the checkpoint it resumes from, a copy of it or an in-prefill checkpoint, its running slot) but the KV "
+        f"cache holds {runs}; increase the KV cache memory or pass --no-enable-prefix-caching"
     )
 
 
@@ -405,15 +411,15 @@ def plan_natural(
 
 
 def _align_slots(layout: ModelLayout, settings: Settings, hardware: HardwareProfile) -> int:
-    """vLLM's align-mode state blocks per request (``stock.vllm_state_blocks_per_request``; one state group,
-    as ``natural_state_slots_per_request`` counts), without the in-prefill checkpoint on the CPU backend, where
-    the plugin switches the export off (``vllm_plugin.kv_cache_planning._align_spec``)."""
+    """``ALIGN_SLOTS`` for the one state group ``natural_state_slots_per_request`` counts, plus vLLM's
+    speculative and in-prefill checkpoint blocks (``stock.vllm_state_blocks_per_request`` beyond its 2); no
+    export on the CPU backend, where the plugin switches it off (``vllm_plugin.kv_cache_planning._align_spec``)."""
     from hybrid_alloc.planner.stock import vllm_state_blocks_per_request  # stock imports this module
 
-    per_group = vllm_state_blocks_per_request(layout, settings, hardware)
+    extra = vllm_state_blocks_per_request(layout, settings, hardware) - 2
     if hardware.compute_capability is None:
-        per_group = min(per_group, 2 + settings.num_speculative_tokens)
-    return per_group
+        extra = settings.num_speculative_tokens
+    return ALIGN_SLOTS + extra
 
 
 def _stage_shapes(per_stage, dtype: str, block: int) -> list[StageShape]:

@@ -37,6 +37,7 @@ from vllm.v1.kv_cache_interface import (
 
 from hybrid_alloc import vllm_versions
 from hybrid_alloc.planner.natural import (
+    ALIGN_SLOTS,
     StageShape,
     StockFloor,
     align_slots_error,
@@ -115,8 +116,8 @@ def plan(vllm_config, kv_cache_specs: list[dict], available_memory: list[int],
                for w, shape in zip(kv_cache_specs, shapes)]
     error = one_request_error(max_len, configs[0].blocks_per_request(max_len), shapes[0].block, num_blocks)
     if error is None and checkpoint is not None:
-        state_groups = configs[0].kv_cache_groups[:len(state_specs)]
-        slots = sum(2 + g.kv_cache_spec.num_prefill_checkpoint_blocks for g in state_groups)
+        groups = configs[0].kv_cache_groups[:len(state_specs)]  # the state groups come first
+        slots = sum(ALIGN_SLOTS + g.kv_cache_spec.num_prefill_checkpoint_blocks for g in groups)
         error = align_slots_error(slots, k, num_blocks)
     if error:
         raise ValueError(error)
