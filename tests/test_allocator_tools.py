@@ -99,7 +99,7 @@ def test_gpu_modules_import_and_match():
     cases = _load("gpu_cases", os.path.join(REPO, "tests", "gpu", "gpu_cases.py"))
     assert set(cases.CASES) == {
         "mempool", "global", "install_refused", "record_stream", "graph", "nvml_slab", "plugin_kv_buffer", "vllm_global",
-        "vllm_ray_pp2",
+        "vllm_ray_pp2", "vllm_prefix_caching",
     }
     tests = open(os.path.join(REPO, "tests", "gpu", "test_gpu_allocator.py")).read()
     assert set(re.findall(r'run_case\("(\w+)"', tests)) == set(cases.CASES)

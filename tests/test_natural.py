@@ -13,7 +13,7 @@ from hybrid_alloc.planner.checkpoints import checkpoint_interval_tokens
 from hybrid_alloc.planner.natural import plan_natural
 from hybrid_alloc.planner.pipeline import stage_layers
 from hybrid_alloc.planner.settings import Settings
-from hybrid_alloc.planner.stock import vllm_state_blocks_per_request
+from hybrid_alloc.planner.natural import vllm_state_blocks_per_request
 from hybrid_alloc.vllm_plugin.block_pool import FreeRuns
 
 GPU = get_hardware("rtx3060")

@@ -11,7 +11,8 @@ from hybrid_alloc.planner.hardware import get_hardware
 from hybrid_alloc.planner.natural import plan_natural
 from hybrid_alloc.planner.physical import physical_capacity, physical_stages
 from hybrid_alloc.planner.settings import Settings
-from hybrid_alloc.planner.stock import plan_stock, vllm_state_blocks_per_request
+from hybrid_alloc.planner.natural import vllm_state_blocks_per_request
+from hybrid_alloc.planner.stock import plan_stock
 from hybrid_alloc.planner.usage import (
     CATEGORIES,
     natural_split,

@@ -37,7 +37,7 @@ A state-only model has no attention blocks: its pool unit is one slot (k = 1).
 
 A request's state: ``m = 1 + num_speculative_tokens`` slots, prefix caching on or off
 (``natural_state_slots_per_request``; vLLM's own count, ``MambaSpec.max_memory_usage_bytes``, is
-``stock.vllm_state_blocks_per_request``). With prefix caching on ("align" mode) a running request still
+``vllm_state_blocks_per_request``). With prefix caching on ("align" mode) a running request still
 holds one slot, read and written in place; its state checkpoints are separate slots copied from it every
 C tokens (``checkpoints.checkpoint_interval_tokens``), cached and evictable in the pool's LRU beside cached
 attention blocks, never charged at admission: they use free blocks and give them back on demand.
@@ -59,6 +59,7 @@ from hybrid_alloc.planner.checkpoints import checkpoint_interval_tokens
 from hybrid_alloc.planner.hardware import KERNEL_BLOCK_SIZE, HardwareProfile, attention_backend
 from hybrid_alloc.planner.pipeline import stage_layers
 from hybrid_alloc.planner.settings import Settings
+from hybrid_alloc.vllm_versions import RELEASES
 
 
 def cdiv(a: int, b: int) -> int:
@@ -87,6 +88,26 @@ def natural_state_slots_per_request(settings: Settings) -> int:
     """m: the slots a running request holds in the natural layout, prefix caching on or off: one, plus
     one per speculative token. Checkpoints are not counted: cached and evictable, never admitted."""
     return 1 + settings.num_speculative_tokens
+
+
+def vllm_state_blocks_per_request(layout: ModelLayout, settings: Settings, hardware: HardwareProfile) -> int:
+    """vLLM's state blocks one request may hold in a state group (``MambaSpec.max_memory_usage_bytes`` /
+    page; what stock charges, not the natural layout's ``natural.natural_state_slots_per_request``):
+    1 + spec in "none" mode; 2 + spec + prefill checkpoint blocks in "align" mode, where Mamba2 layers
+    always add one and Gated DeltaNet layers add one with FlashInfer's GDN prefill (where the release's
+    ``PlannerRules.gdn_prefill_checkpoint_block`` says so, when every state layer is GDN). The largest over
+    the state layers. A layout-level summary of ``_Spec.max_memory_usage_bytes`` (tests/test_usage.py
+    checks the two agree)."""
+    spec = settings.num_speculative_tokens
+    if settings.mamba_cache_mode != "align":
+        return 1 + spec
+    kinds = {layer.kind for layer in layout.state_layers}
+    gdn_checkpoints = (
+        RELEASES[settings.vllm_version].planner.gdn_prefill_checkpoint_block
+        and hardware.gdn_prefill_flashinfer
+        and kinds == {"gdn"}
+    )
+    return 2 + spec + int("mamba2" in kinds or gdn_checkpoints)
 
 
 @dataclass(frozen=True)
@@ -202,10 +223,9 @@ def one_request_error(max_model_len: int, blocks_per_request: int, block: int | 
 
 
 # State slots one request may hold at once in align mode, per state group, besides an in-prefill export's
-# block: the checkpoint a new request's prefix hit resumes from, vLLM's copy of it where the hit ends inside
-# a state block, and the running slot (MambaManager's cap on a request's new blocks, 1 + partial hit +
-# checkpoint block, and the hit it touches; measured: tests/test_plugin_vllm33_align.py)
-ALIGN_SLOTS = 3
+# block: the checkpoint a new request's prefix hit resumes from (in its first step) and its running slot (a
+# partial hit's copy becomes it; measured: tests/test_plugin_vllm33_align.py)
+ALIGN_SLOTS = 2
 
 
 def align_slots_error(slots: int, k: int, num_blocks: int) -> str | None:
@@ -218,7 +238,7 @@ def align_slots_error(slots: int, k: int, num_blocks: int) -> str | None:
         return None
     return (
         f"hybrid-alloc: with prefix caching one request may hold {slots} state slots of {k} blocks at once "
-        f"(the checkpoint it resumes from, a copy of it or an in-prefill checkpoint, its running slot) but the KV "
+        f"(the checkpoint it resumes from, its running slot, an in-prefill checkpoint where layers export) but the KV "
         f"cache holds {runs}; increase the KV cache memory or pass --no-enable-prefix-caching"
     )
 
@@ -412,10 +432,8 @@ def plan_natural(
 
 def _align_slots(layout: ModelLayout, settings: Settings, hardware: HardwareProfile) -> int:
     """``ALIGN_SLOTS`` for the one state group ``natural_state_slots_per_request`` counts, plus vLLM's
-    speculative and in-prefill checkpoint blocks (``stock.vllm_state_blocks_per_request`` beyond its 2); no
+    speculative and in-prefill checkpoint blocks (``vllm_state_blocks_per_request`` beyond its 2); no
     export on the CPU backend, where the plugin switches it off (``vllm_plugin.kv_cache_planning._align_spec``)."""
-    from hybrid_alloc.planner.stock import vllm_state_blocks_per_request  # stock imports this module
-
     extra = vllm_state_blocks_per_request(layout, settings, hardware) - 2
     if hardware.compute_capability is None:
         extra = settings.num_speculative_tokens

@@ -501,23 +501,3 @@ def _stock_stage(
         num_blocks_alone=alone,
         attention_backend=config.backend,
     )
-
-
-def vllm_state_blocks_per_request(layout: ModelLayout, settings: Settings, hardware: HardwareProfile) -> int:
-    """vLLM's state blocks one request may hold in a state group (``MambaSpec.max_memory_usage_bytes`` /
-    page; what stock charges, not the natural layout's ``natural.natural_state_slots_per_request``):
-    1 + spec in "none" mode; 2 + spec + prefill checkpoint blocks in "align" mode, where Mamba2 layers
-    always add one and Gated DeltaNet layers add one with FlashInfer's GDN prefill (where the release's
-    ``PlannerRules.gdn_prefill_checkpoint_block`` says so, when every state layer is GDN). The largest over
-    the state layers. A layout-level summary of ``_Spec.max_memory_usage_bytes`` (tests/test_usage.py
-    checks the two agree)."""
-    spec = settings.num_speculative_tokens
-    if settings.mamba_cache_mode != "align":
-        return 1 + spec
-    kinds = {layer.kind for layer in layout.state_layers}
-    gdn_checkpoints = (
-        RELEASES[settings.vllm_version].planner.gdn_prefill_checkpoint_block
-        and hardware.gdn_prefill_flashinfer
-        and kinds == {"gdn"}
-    )
-    return 2 + spec + int("mamba2" in kinds or gdn_checkpoints)

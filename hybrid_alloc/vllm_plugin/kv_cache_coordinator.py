@@ -97,6 +97,12 @@ class AlignSlotMambaManager(MambaManager):
         slots = super().get_num_blocks_to_allocate(request_id, num_tokens, new_computed_blocks, *args, **kwargs)
         if slots > self.block_pool.num_gpu_blocks:
             return slots  # MambaManager's own refusal
+        if kwargs.get("apply_admission_cap"):
+            # vLLM's full-sequence admission gate: the plugin holds one running slot for the request's life (a
+            # partial hit's copy becomes it) and one more on a step that exports; vLLM's estimate also counts
+            # the copy and the running block beside it, three fresh slots where two are ever taken
+            fresh = int(request_id not in self._allocated_block_reqs) + self.kv_cache_spec.num_prefill_checkpoint_blocks
+            slots = min(slots, self._get_num_evictable_blocks(new_computed_blocks) + fresh)
         running = request_id in self._allocated_block_reqs and not kwargs.get("apply_admission_cap")
         if running and request_id in self._checkpoints and request_id not in self._partial_hit_reqs:
             required = 1  # the in-prefill checkpoint the layers write (_export_in_place)
