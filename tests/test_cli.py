@@ -345,3 +345,16 @@ def test_readme_lists_every_profile():
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for name in HARDWARE:
         assert f"`{name}`" in readme, name
+
+
+def test_readme_excerpt_is_the_default_trace():
+    """Every table row and suggestion of the README's excerpt of `hybrid-alloc trace` is in today's output
+    (the excerpt went stale once: 140 physical where the trace said 139)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    excerpt = readme.split("Excerpt of `hybrid-alloc trace` (no arguments):", 1)[1].split("```", 2)[1]
+    out = subprocess.run([sys.executable, "-m", "hybrid_alloc", "trace"], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "COLUMNS": "120"}).stdout
+    lines = [line for line in excerpt.splitlines() if line.startswith(("│", "Suggestion", "Stage ", "Qwen/"))]
+    assert len(lines) > 10
+    missing = [line for line in lines if line.rstrip() not in out]
+    assert not missing, missing
