@@ -58,9 +58,10 @@ CUDA_GRAPH_BYTES_PER_STATE_LAYER = 458 * 1024
 
 
 def default_max_num_batched_tokens(hardware: HardwareProfile) -> int:
-    """``vllm serve``'s default (EngineArgs.get_batch_defaults): 8192 on the >= 70 GiB tier (the one
-    whose max_num_seqs default is 1024), 2048 elsewhere."""
-    return 8192 if hardware.default_max_num_seqs >= 1024 else 2048
+    """``vllm serve``'s default on a GPU (``HardwareProfile.default_max_num_batched_tokens``, parity-tested:
+    16384 from 160 GiB, 8192 on the other 1024-sequence GPUs, 2048 elsewhere); 2048 for a CPU profile
+    given ``--gpu-memory``."""
+    return hardware.default_max_num_batched_tokens or 2048
 
 
 def cudagraph_count(settings: Settings, hardware: HardwareProfile) -> int:
