@@ -50,7 +50,11 @@ _COMMON_SITES = {
         ("load_model", "profile_run", "initialize_kv_cache", "profile_cudagraph_memory", "capture_model"), _MODEL_RUNNERS
     ),
     "compile_or_warm_up_model": ("vllm.v1.worker.gpu_worker:Worker",),
-    "initialize_from_config": ("vllm.v1.worker.gpu_worker:Worker",),  # align mode: workers adopt the interval
+    "initialize_from_config": ("vllm.v1.worker.gpu_worker:Worker",),  # align mode: workers adopt the state block
+    # align mode: Mamba2's in-prefill checkpoint export (vllm_plugin.mamba2_prefill_checkpoint)
+    "_mamba_chunk_scan_combined_fwd": ("vllm.model_executor.layers.mamba.ops.ssd_combined",),
+    "store_prefill_checkpoint": ("vllm.model_executor.layers.mamba.ops.ssd_checkpoint",
+                                 "vllm.model_executor.layers.mamba.mamba_mixer2"),
 }
 # Private vLLM names the plugin calls or reads (a release that renames one needs a code change).
 _PRIVATE_NAMES = (

@@ -107,7 +107,9 @@ def test_every_declared_patch_has_its_sites():
     from hybrid_alloc.vllm_plugin import (
         block_size,
         capacity_log,
+        checkpoint_interval,
         chunk_split,
+        mamba2_prefill_checkpoint,
         global_mode,
         kv_cache_coordinator,
         kv_cache_planning,
@@ -116,8 +118,8 @@ def test_every_declared_patch_has_its_sites():
     )
 
     rows = vllm_versions.RELEASES.values()
-    for module in (block_size, capacity_log, chunk_split, global_mode, kv_cache_coordinator, kv_cache_planning,
-                   phase_tags, tensors):
+    for module in (block_size, capacity_log, checkpoint_interval, chunk_split, mamba2_prefill_checkpoint, global_mode,
+                   kv_cache_coordinator, kv_cache_planning, phase_tags, tensors):
         for patch in module.PATCHES:
             assert patch.owners or any(patch.name in r.sites for r in rows), (module.__name__, patch.name)
     optional = {name for r in rows for name in r.sites if not all(name in q.sites for q in rows)}

@@ -7,8 +7,8 @@ two: one checkpoint then costs between half and all of the attention bytes of th
 recomputing, so cached state never outweighs the cached attention of the prefix it serves. At least 16
 blocks (what the plugin ran with before C followed k): for tiny slots it bounds the copies per request.
 Qwen3.5-class models (k near 100) are not affected. (The failures once seen on the CPU engine at 64 and 128
-tokens were vLLM's CPU Mamba2 scan, which cannot export an in-prefill checkpoint; the plugin switches that
-export off on CPU: ``vllm_plugin.kv_cache_planning._align_spec``.)
+tokens were vLLM's CPU Mamba2 scan, which cannot export an in-prefill checkpoint; the plugin gives it one:
+``vllm_plugin.mamba2_prefill_checkpoint``.)
 """
 
 from __future__ import annotations

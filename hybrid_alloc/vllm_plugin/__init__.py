@@ -13,7 +13,8 @@ them): ``fail_closed`` (when to stay stock), ``block_size`` (no inflation, no pa
 count; engine core) on ``natural_config`` (the config types), ``capacity_log`` (true capacity),
 ``kv_cache_coordinator`` + ``block_pool`` (ordered free ids, state slots; its live-object ``SWAPS``),
 ``chunk_split`` (align mode: prefill chunks end on state blocks, so a checkpoint holds what its key names),
-``tensors`` (the buffer and views, slot copy-on-write; workers), ``global_mode`` (``HYBRID_ALLOC_MODE=global``:
+``tensors`` (the buffer and views, slot copy-on-write; workers), ``mamba2_prefill_checkpoint`` (Mamba2's
+in-prefill checkpoint export: never into the null block; on vLLM's CPU backend at all; workers), ``global_mode`` (``HYBRID_ALLOC_MODE=global``:
 ``phase_tags``, ``profiler_stats``); prefix caching runs vLLM's "align" mode on natural pages
 (``kv_cache_coordinator.AlignSlotMambaManager``, ``block_pool.CachingFreeBlockQueue``).
 """
@@ -41,11 +42,11 @@ def register() -> None:
         fail_closed.stock(reason)
         return
     # lazy: these import vllm's modules, whose layout only a supported release is known to have
-    from . import (block_size, capacity_log, checkpoint_interval, chunk_split, global_mode, kv_cache_coordinator,
-                   kv_cache_planning, tensors)
+    from . import (block_size, capacity_log, checkpoint_interval, chunk_split, mamba2_prefill_checkpoint, global_mode,
+                   kv_cache_coordinator, kv_cache_planning, tensors)
 
     for module in (block_size, checkpoint_interval, kv_cache_planning, capacity_log, kv_cache_coordinator, chunk_split,
-                   tensors):
+                   tensors, mamba2_prefill_checkpoint):
         patching.apply(module.PATCHES)
     global_mode.patch()  # with HYBRID_ALLOC_MODE=global, the allocator is installed in each worker
 

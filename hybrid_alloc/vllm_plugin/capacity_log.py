@@ -105,7 +105,7 @@ def log_capacity(vllm_config, configs: list[NaturalKVCacheConfig], stock: StockE
     if c.state_ids_are_block_ids:
         log.once(
             f"hybrid-alloc: prefix caching: one running state slot per request; state checkpoints every "
-            f"{c.kv_cache_groups[0].kv_cache_spec.block_size} tokens and at each prompt's last "
+            f"{c.checkpoint_interval} tokens and at each prompt's last "
             f"{c.block_size}-token boundary, cached and evictable, taken only where the pool can spare them"
         )
     tp = vllm_config.parallel_config.tensor_parallel_size

@@ -1,14 +1,15 @@
 """The state checkpoint interval of "align" mode (prefix caching on): ``HYBRID_ALLOC_STATE_CHECKPOINT``.
 
-``block_size`` sets vLLM's ``mamba_block_size`` to a provisional value in each worker; ``kv_cache_planning``
-sets the state groups' block to the interval for the plan's ``k`` (in the engine core's ``cache_config``);
-each worker adopts it from the KV cache config it receives, before its model runner reads it (patch of
-``Worker.initialize_from_config``: vLLM's model runner V2 seeds a request's running state column
-from ``cache_config.mamba_block_size``, and GDN's FlashInfer prefill keeps its checkpoint grid there);
-``kv_cache_coordinator``'s align-mode managers checkpoint a request's state every that many tokens. The
-default is the trace's (``hybrid_alloc.planner.checkpoints.checkpoint_interval_tokens``): ``k`` blocks
-rounded up to a power of two, at least ``WORKER_SLOT_BLOCKS`` blocks: with a power-of-two attention block
-(every GPU backend's) never below the provisional interval, so buffers a worker sized on it suffice.
+``block_size`` sets vLLM's ``mamba_block_size`` to a provisional state block in each worker;
+``kv_cache_planning`` chooses the interval C for the plan's ``k`` and the state groups' block B (the
+attention block, or C where the layers' export grid is the state block: ``kv_cache_planning._align_spec``)
+in the engine core; each worker adopts B from the KV cache config it receives, before its model runner
+reads it (patch of ``Worker.initialize_from_config``: vLLM's model runner V2 seeds a request's running state
+column from ``cache_config.mamba_block_size``, and GDN's FlashInfer prefill keeps its checkpoint grid
+there); vLLM's sparse retention keeps a request's state every C tokens. The default C is the trace's
+(``hybrid_alloc.planner.checkpoints.checkpoint_interval_tokens``): ``k`` blocks rounded up to a power of
+two, at least ``WORKER_SLOT_BLOCKS`` blocks: with a power-of-two attention block (every GPU backend's)
+never below the provisional block, so buffers a worker sized on it suffice.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def checkpoint_tokens(block: int, k: int) -> int:
 
 def adopt_interval(cache_config, kv_cache_config) -> None:
     """A worker's ``cache_config.mamba_block_size`` := the state groups' block in a natural align-mode
-    config (the engine core's interval; the worker holds the provisional one); anything else unchanged."""
+    config (the engine core's; the worker holds the provisional one); anything else unchanged."""
     if isinstance(kv_cache_config, NaturalKVCacheConfig) and kv_cache_config.state_ids_are_block_ids:
         cache_config.mamba_block_size = kv_cache_config.kv_cache_groups[0].kv_cache_spec.block_size  # state groups first
 

@@ -1,20 +1,20 @@
-"""The scheduler's prefill chunk split in "align" mode (prefix caching on): chunk ends on state blocks.
+"""The scheduler's prefill chunk split in "align" mode (prefix caching on): chunk ends on kept checkpoints.
 
 vLLM's ``Scheduler._mamba_block_aligned_split`` floors a mid-prefill chunk end to ``cache_config.block_size``
-on the invariant "state block p holds the state after exactly (p + 1) x block_size tokens". Under the plugin
-the state group's block is the checkpoint interval C (``checkpoint_interval``), larger than that value: the
-engine core sets ``cache_config.block_size`` to the attention block, and on the CPU platform a later
-``vllm_config.__post_init__()`` resets it to 128. Chunk ends then fall between state blocks, and a block
-keyed at (p + 1) x C holds the state of an earlier chunk end: a later request sharing that prefix resumes
-from the wrong state (tests/engine/test_engine_checkpoint_keys.py). Here a chunk ends on a checkpoint
-position (the split reading the state group's block) when that keeps at least 3/4 of the tokens the chunk
-gets when it ends on an attention block (the split reading the attention block), and on the attention block
-otherwise: floored to C, a step's leftover budget below C schedules nothing (61 engine steps against 40
+(the state block B, by its invariant "state block p holds the state after exactly (p + 1) x B tokens") and
+stops at the prompt's last B boundary unless the layers export that state from inside the chunk. Under the
+plugin ``cache_config.block_size`` is not B (the engine core's is the attention block, and on the CPU
+platform a later ``vllm_config.__post_init__()`` resets it to 128), and a state is kept only every C tokens
+(``NaturalKVCacheConfig.checkpoint_interval``, vLLM's sparse retention), at replay boundaries and junctions.
+Here a chunk ends on a multiple of C (the split reading C) when that keeps at least 3/4 of the tokens the
+chunk gets when it ends on an attention block (the split reading the attention block), and on the attention
+block otherwise: floored to C, a step's leftover budget below C schedules nothing (61 engine steps against 40
 with caching off on the mixed workload of tests/engine/test_engine_prefix_caching_capacity.py). A chunk that
 runs past a checkpoint position leaves no checkpoint there (``AlignSlotMambaManager.cache_blocks`` keys only
-state blocks a chunk ended on). Where the layers export an in-prefill checkpoint (GPU), only the split on
-checkpoint positions counts on it: vLLM judges an export on the state block, and the attention-block split
-would skip the prompt's tail stop for an export that never happens (the repeated prompt then misses).
+state blocks a chunk ended on), so correctness does not depend on the choice
+(tests/engine/test_engine_checkpoint_keys.py). A split counts on an in-prefill export only where it reads B:
+vLLM's ``MambaManager`` judges an export on B, and a split judging it elsewhere would skip the prompt's tail
+stop for an export that never happens (the repeated prompt then misses).
 The live ``cache_config``, shared with the workers, is never changed.
 """
 
@@ -49,12 +49,31 @@ def _aligned_split(original):
             finally:
                 self.cache_config, self.mamba_has_prefill_checkpoint_blocks = cache_config, has_export
 
-        # state groups come first and share the checkpoint interval (kv_cache_planning.natural_groups)
-        on_checkpoints = split(config.kv_cache_groups[0].kv_cache_spec.block_size, True)
-        # whether a chunk's in-prefill export is valid depends on the state block (MambaManager judges it on
-        # the interval): split on attention blocks as for layers without one, stopping at the prompt's tail
-        on_blocks = split(config.block_size, False)
-        return on_checkpoints if 4 * on_checkpoints >= 3 * on_blocks else on_blocks
+        # the state groups come first and share one block B: the attention block, or C where the layers'
+        # export grid is the state block (kv_cache_planning._align_spec). MambaManager judges an in-prefill
+        # export on B, so only the split reading B counts on one; it also has the stops vLLM derives from B
+        # (the prompt's tail). The other split, reading the attention block or C, ends a chunk earlier on a
+        # multiple of C, or (B = C) on an attention block where C would leave budget unused.
+        state_block, interval = config.kv_cache_groups[0].kv_cache_spec.block_size, config.checkpoint_interval
+        if state_block == interval:
+            on_checkpoints = split(interval, True)
+            on_blocks = split(config.block_size, False)
+            return on_checkpoints if 4 * on_checkpoints >= 3 * on_blocks else on_blocks
+        on_blocks = split(state_block, True)
+        managers = self.kv_cache_manager.coordinator.single_type_managers
+        if not all(m.can_spare_slot() for m in managers if hasattr(m, "can_spare_slot")):
+            # a checkpoint the pool cannot spare a slot for is dropped (take_pending_cow_copies): no chunk
+            # stops early for one; a chunk that can finish the prompt does (chunks ending mid-prompt are
+            # floored to attention blocks anyway, so the prompt's tail stop changes nothing there)
+            request = args[0] if args else kwargs["request"]
+            num_new_tokens = args[1] if len(args) > 1 else kwargs["num_new_tokens"]
+            start = request.num_computed_tokens + sum(args[2:]) + sum(
+                kwargs.get(k, 0) for k in ("num_new_local_computed_tokens", "num_external_computed_tokens"))
+            if start + num_new_tokens >= max(request.num_prompt_tokens, request.num_tokens - 1):
+                return num_new_tokens
+            return on_blocks
+        on_checkpoints = split(interval, False)
+        return on_checkpoints if 3 * on_blocks <= 4 * on_checkpoints <= 4 * on_blocks else on_blocks
 
     return _mamba_block_aligned_split
 

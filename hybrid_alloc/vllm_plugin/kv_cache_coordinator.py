@@ -7,14 +7,16 @@ Patches ``get_kv_cache_coordinator`` (``vllm.v1.core.kv_cache_coordinator``, imp
 one (attention: lowest ids) and each ``MambaManager``'s class for a slot manager (no speculative blocks):
 - "none" mode (prefix caching off): ``SlotMambaManager``, block table entries are slot ids ``s``, one slot
   per request for its lifetime;
-- "align" mode (prefix caching on): ``AlignSlotMambaManager``, vLLM's align logic unchanged (checkpoints
-  every ``mamba_block_size`` = ``HYBRID_ALLOC_STATE_CHECKPOINT`` tokens plus the prompt's last
-  attention-block boundary, hits where attention blocks and a state checkpoint both exist, copy-on-write of
-  partially hit states), one running slot per request, checkpoints kept by copies only where the pool can
-  spare them; block table entries are each slot's representative pool id ``s*k``; cached attention blocks
-  and cached slots share one LRU (``CachingFreeBlockQueue``). As in "none" mode, ids ``1..k-1`` serve
-  attention although the null block's state page (index 0) spans them: kernels skip null state entries,
-  and no step leaves a column the worker writes null (in-prefill checkpoints keep vLLM's allocation).
+- "align" mode (prefix caching on): ``AlignSlotMambaManager``, vLLM's align logic on a state block of one
+  attention block (where the layers' export grid allows: ``kv_cache_planning._align_spec``), with vLLM's
+  sparse retention keeping a state every C = ``HYBRID_ALLOC_STATE_CHECKPOINT`` tokens, at each prompt's
+  replay boundary and at shared-prefix junctions (hits where attention blocks and a state checkpoint both
+  exist), one running slot per request, checkpoints kept by copies or in-prefill exports only where the
+  pool can spare them; block table entries are each slot's representative pool id ``s*k``; cached
+  attention blocks and cached slots share one LRU (``CachingFreeBlockQueue``). As in "none" mode, ids
+  ``1..k-1`` serve attention although the null block's state page (index 0) spans them: kernels skip null
+  state entries, and nothing writes a state into the null block (in-prefill exports the manager gives no
+  block: ``mamba2_prefill_checkpoint``; vLLM's GDN exporter skips null itself).
 """
 
 from __future__ import annotations
@@ -83,41 +85,54 @@ class AlignSlotMambaManager(MambaManager):
     evictable at once. So no request is refused or preempted for a checkpoint, and a later hit on that
     prefix recomputes from an earlier checkpoint. A step that runs past a checkpoint position without ending
     there leaves no checkpoint (``cache_blocks``).
-    A running request's step with an in-prefill checkpoint (GPU backends whose layers export one) also
-    moves its slot on in place and takes one fresh slot, the checkpoint the layers write
-    (``_export_in_place``; vLLM's takes two, the next running block and the checkpoint, and preempted
-    others for them: 4 times in 16 cases of tests/test_plugin_vllm33_align.py, 0 now), charged for that step
-    and then cached. A new request's first step is vLLM's, charged as vLLM charges it."""
+    A step that exports an in-prefill checkpoint (layers that export one: Mamba2, GDN with FlashInfer) takes
+    one fresh slot for it only where the pool can spare one beside everything else the request takes that
+    step (``_count_with_hits``; otherwise the column stays null and the export is skipped,
+    ``skip_export``): a running request's slot moves on in place (``_export_in_place``; vLLM's takes two, the
+    next running block and the checkpoint, and preempted others for them: 4 times in 16 cases of
+    tests/test_plugin_vllm33_align.py, 0 now); a new request's first step is vLLM's otherwise."""
 
     slot_blocks: int  # k
+    checkpoint_interval: int  # C: vLLM's sparse retention keeps a state every C tokens, at replay boundaries, junctions
     kept: list  # (running slot, its detached keys, their token count): checkpoints this step copies if it can
     coordinator_hits: list  # the prefix-cache hits (every group) of the request being counted
 
     def get_num_blocks_to_allocate(self, request_id, num_tokens, new_computed_blocks, *args, **kwargs) -> int:
         slots = super().get_num_blocks_to_allocate(request_id, num_tokens, new_computed_blocks, *args, **kwargs)
+        self.export_counted = False
         if slots > self.block_pool.num_gpu_blocks:
             return slots  # MambaManager's own refusal
         if kwargs.get("apply_admission_cap"):
             # vLLM's full-sequence admission gate: the plugin holds one running slot for the request's life (a
-            # partial hit's copy becomes it) and one more on a step that exports; vLLM's estimate also counts
-            # the copy and the running block beside it, three fresh slots where two are ever taken
-            fresh = int(request_id not in self._allocated_block_reqs) + self.kv_cache_spec.num_prefill_checkpoint_blocks
+            # partial hit's copy becomes it); an in-prefill export takes a slot only where the pool can spare
+            # one; vLLM's estimate also counts the copy and the running block beside it
+            fresh = int(request_id not in self._allocated_block_reqs)
             slots = min(slots, self._get_num_evictable_blocks(new_computed_blocks) + fresh)
         running = request_id in self._allocated_block_reqs and not kwargs.get("apply_admission_cap")
-        if running and request_id in self._checkpoints and request_id not in self._partial_hit_reqs:
-            required = 1  # the in-prefill checkpoint the layers write (_export_in_place)
-        elif running and request_id not in self._checkpoints:
-            required = 0  # a running request keeps its slot; whatever else vLLM would take is a checkpoint
+        export = int(request_id in self._checkpoints and not (running and request_id in self._partial_hit_reqs)
+                     and not kwargs.get("apply_admission_cap"))
+        if running:
+            required = export  # a running request keeps its slot; an export is a checkpoint (_export_in_place)
         else:
             required = slots  # vLLM's: the running slot, a prefix hit, an in-prefill checkpoint block
         # the new slots need aligned runs that the request's own hits (touched first, every group) leave
         queue = self.block_pool.free_block_queue
         new_slots = required - self._get_num_evictable_blocks(new_computed_blocks)
-        if new_slots > queue.free_runs_besides(self.coordinator_hits):
+        runs = queue.free_runs_besides(self.coordinator_hits)
+        if export and new_slots > runs:
+            self.skip_export(request_id)  # no aligned run for the checkpoint: the layers' export is skipped
+            required, new_slots, export = required - 1, new_slots - 1, 0
+        if new_slots > runs:
             return self.block_pool.num_gpu_blocks + 1  # no aligned run: refuse now
+        self.export_counted = bool(export)  # the coordinator keeps it only where the pool can spare it
         return required * self.slot_blocks
 
-    def _can_spare_slot(self) -> bool:
+    def skip_export(self, request_id: str) -> None:
+        """This step's in-prefill checkpoint gets no slot: its column stays null, where the layers write
+        nothing (``mamba2_prefill_checkpoint``; vLLM's GDN exporter skips null itself), and nothing keys it."""
+        self._checkpoints.pop(request_id, None)
+
+    def can_spare_slot(self) -> bool:
         """A fresh slot fits with one block per running request left free for the next step."""
         pool = self.block_pool
         spare = pool.get_num_free_blocks() - self.slot_blocks
@@ -156,7 +171,7 @@ class AlignSlotMambaManager(MambaManager):
         copy of the running slot (made before this step's forward) under its keys, where a run is free
         beside one block per running request for the next step; otherwise it is dropped."""
         for slot, keys, num_tokens in self.kept:
-            if not self._can_spare_slot():
+            if not self.can_spare_slot():
                 continue
             [copy] = self.block_pool.get_new_blocks(1)
             for key in keys:
@@ -167,13 +182,16 @@ class AlignSlotMambaManager(MambaManager):
         return super().take_pending_cow_copies()
 
     def cache_blocks(self, request, num_tokens: int, *args, **kwargs) -> None:
-        """vLLM keys every state block that became full by this step's chunk end; a block holds the state at
-        its end only if a chunk ended exactly there (the worker writes a chunk's end state into its column),
-        so the keys of blocks this chunk ran past are dropped. Chunk ends need not fall on state blocks
+        """vLLM keys the state blocks that became full by this step's chunk end and that its sparse retention
+        keeps (every C tokens: ``checkpoint_interval``, passed here in place of the config's retention, whose
+        default keeps vLLM exporting on a prompt's last chunk only; replay boundaries; junctions); a block
+        holds the state at its end only if a chunk ended exactly there (the worker writes a chunk's end state
+        into its column), so the keys of blocks this chunk ran past are dropped. Chunk ends need not fall on state blocks
         (``chunk_split``): correctness does not depend on where chunks end."""
         blocks = self.req_to_blocks[request.request_id]
         before = self.num_cached_block.get(request.request_id, 0)
-        super().cache_blocks(request, num_tokens, *args, **kwargs)
+        kwargs.pop("retention_interval", None)
+        super().cache_blocks(request, num_tokens, *args[1:], retention_interval=self.checkpoint_interval, **kwargs)
         after = min(self.num_cached_block.get(request.request_id, 0), len(blocks))
         for i in range(before, after):
             if (i + 1) * self.block_size != num_tokens and not blocks[i].is_null:
@@ -224,7 +242,10 @@ def _reset_prefix_cache(reset, pool):
 
 def _count_with_hits(count, coordinator):
     """The coordinator's ``get_num_blocks_to_allocate`` with the request's hits of every group shown to the
-    state managers, whose aligned-run check must leave out the runs those hits are about to take."""
+    state managers, whose aligned-run check must leave out the runs those hits are about to take; and an
+    in-prefill checkpoint's slot counted only where the pool can spare it beside everything else the
+    request takes this step (one block per running request left free), otherwise skipped: a checkpoint
+    never refuses, delays or preempts a request."""
     managers = [m for m in coordinator.single_type_managers if isinstance(m, AlignSlotMambaManager)]
 
     def get_num_blocks_to_allocate(*args, **kwargs):
@@ -232,10 +253,19 @@ def _count_with_hits(count, coordinator):
         for m in managers:
             m.coordinator_hits = hits
         try:
-            return count(*args, **kwargs)
+            total = count(*args, **kwargs)
         finally:
             for m in managers:
                 m.coordinator_hits = []
+        exporting = [m for m in managers if m.export_counted]
+        pool = coordinator.block_pool
+        if exporting and total <= pool.num_gpu_blocks and \
+                pool.get_num_free_blocks() - total < len(exporting[0]._allocated_block_reqs):
+            request_id = args[0] if args else kwargs["request_id"]
+            for m in exporting:
+                m.skip_export(request_id)
+                total -= m.slot_blocks
+        return total
 
     return get_num_blocks_to_allocate
 
@@ -255,10 +285,10 @@ SWAPS = {
 }
 
 
-def use_slots(coordinator, k: int) -> None:
+def use_slots(coordinator, k: int, checkpoint_interval: int | None = None) -> None:
     pool = coordinator.block_pool
     if pool.enable_caching:
-        return use_align_slots(coordinator, k)
+        return use_align_slots(coordinator, k, checkpoint_interval)
     patching.swap(pool, SWAPS["ordered_queue"], k)
     for manager in coordinator.single_type_managers:
         if isinstance(manager, MambaManager):
@@ -268,7 +298,7 @@ def use_slots(coordinator, k: int) -> None:
             manager.slot_pool_blocks = defaultdict(list)
 
 
-def use_align_slots(coordinator, k: int) -> None:
+def use_align_slots(coordinator, k: int, checkpoint_interval: int) -> None:
     pool = coordinator.block_pool
     patching.swap(pool, SWAPS["caching_queue"], k)
     patching.swap(pool, SWAPS["reset_prefix_cache"])
@@ -277,8 +307,10 @@ def use_align_slots(coordinator, k: int) -> None:
             assert manager.mamba_cache_mode == "align" and manager.num_speculative_blocks == 0
             patching.swap(manager, SWAPS["align_slot_manager"], k)
             manager.slot_blocks = k
+            manager.checkpoint_interval = checkpoint_interval
             manager.kept = []
             manager.coordinator_hits = []
+            manager.export_counted = False
             patching.swap(manager, SWAPS["slot_pool"])
     patching.swap(coordinator, SWAPS["count_with_hits"])
 
@@ -287,7 +319,7 @@ def _get_kv_cache_coordinator(original):
     def get_kv_cache_coordinator(kv_cache_config, *args, **kwargs):
         coordinator = original(kv_cache_config, *args, **kwargs)
         if isinstance(kv_cache_config, NaturalKVCacheConfig):
-            use_slots(coordinator, kv_cache_config.slot_blocks)
+            use_slots(coordinator, kv_cache_config.slot_blocks, kv_cache_config.checkpoint_interval)
         return coordinator
 
     return get_kv_cache_coordinator

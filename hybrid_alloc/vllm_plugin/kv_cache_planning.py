@@ -108,12 +108,15 @@ def plan(vllm_config, kv_cache_specs: list[dict], available_memory: list[int],
 
     checkpoint = None
     if vllm_config.cache_config.mamba_cache_mode == "align":
-        # the state groups' block: the checkpoint interval for this k (the workers set a provisional one
-        # before k was known; the groups sent back to them carry this one)
-        checkpoint = checkpoint_tokens(shapes[0].block, k)
-        vllm_config.cache_config.mamba_block_size = checkpoint
+        # the checkpoint interval C for this k, or vLLM's --prefix-cache-retention-interval where the user set
+        # one (a positive one: its default, 0, would keep no state every C tokens)
+        checkpoint = vllm_config.cache_config.prefix_cache_retention_interval or checkpoint_tokens(shapes[0].block, k)
     configs = [_worker_config(vllm_config, w, shape, state_specs, num_blocks, k, checkpoint)
                for w, shape in zip(kv_cache_specs, shapes)]
+    if checkpoint is not None:
+        # the state groups' block B (the workers set a provisional one; they adopt this one:
+        # checkpoint_interval.adopt_interval); the engine core's scheduler reads it here
+        vllm_config.cache_config.mamba_block_size = configs[0].kv_cache_groups[0].kv_cache_spec.block_size
     error = one_request_error(max_len, configs[0].blocks_per_request(max_len), shapes[0].block, num_blocks)
     if error is None and checkpoint is not None:
         groups = configs[0].kv_cache_groups[:len(state_specs)]  # the state groups come first
@@ -152,16 +155,21 @@ def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num
         )
     groups = natural_groups(worker_spec, state_specs)
     if checkpoint is not None:
-        groups = [KVCacheGroupSpec(g.layer_names, _align_spec(g.kv_cache_spec, checkpoint))
+        groups = [KVCacheGroupSpec(g.layer_names, _align_spec(g.kv_cache_spec, checkpoint, shape.block))
                   if isinstance(g.kv_cache_spec, MambaSpec) else g for g in groups]
     config = NaturalKVCacheConfig(
         num_blocks=num_blocks,
         kv_cache_tensors=tensors,
         kv_cache_groups=groups,
-        prefix_cache_retention_interval=vllm_config.cache_config.prefix_cache_retention_interval,
+        # vLLM's (0 by default: only replay boundaries and junctions; the engine then exports in-prefill
+        # checkpoints on a prompt's last chunk only): the state managers add C themselves
+        # (kv_cache_coordinator.AlignSlotMambaManager.cache_blocks)
+        prefix_cache_retention_interval=0 if checkpoint is not None
+        else vllm_config.cache_config.prefix_cache_retention_interval,
         slot_blocks=k,
         num_state_groups=len(state_specs),
         state_ids_are_block_ids=align,
+        checkpoint_interval=checkpoint,
     )
     config.kv_tp_replicas = kv_cache_groups_tp_replicas(
         groups, vllm_config.parallel_config.tensor_parallel_size, vllm_config.parallel_config.decode_context_parallel_size
@@ -169,22 +177,25 @@ def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num
     return config
 
 
-def _align_spec(spec: MambaSpec, checkpoint: int) -> MambaSpec:
-    """A state group's spec in "align" mode: its block is the checkpoint interval. On vLLM's CPU backend the
-    layers' in-prefill checkpoint export is switched off: the CPU Mamba2 scan (``ops/cpu/mamba_ssm.py``)
-    returns each sequence's final state only, and the mixer's export indexes it by chunk ("index 14 is out of
-    bounds for dimension 0 with size 4", stock vLLM too); without the export the scheduler ends a chunk on the
-    checkpoint instead (``Scheduler._mamba_block_aligned_split``), as for layers that never export one."""
+def _align_spec(spec: MambaSpec, checkpoint: int, block: int) -> MambaSpec:
+    """A state group's spec in "align" mode. Its block B is the attention block ``block``: a chunk's state
+    can be kept at any attention-block boundary, and an in-prefill export (column ``cdiv(end, B) - 2``) is
+    possible for any prompt longer than two blocks; vLLM's sparse retention (the config's
+    ``prefix_cache_retention_interval`` = C) keys only the ones worth keeping. Except where the layers'
+    export grid is the state block (GDN's FlashInfer prefill: ``get_mamba_prefill_checkpoint_grid`` =
+    ``mamba_block_size``, with a per-grid-step buffer of ``max_num_batched_tokens / grid`` states): there
+    B = C, never below the provisional grid the workers sized that buffer on.
+    On vLLM's CPU backend only Mamba2 layers export (``mamba2_prefill_checkpoint``: stock, the CPU Mamba2 scan
+    returns final states only, "index 14 is out of bounds for dimension 0 with size 4"); any other layer's
+    export is switched off there, and the scheduler ends a chunk on the checkpoint instead
+    (``Scheduler._mamba_block_aligned_split``)."""
     from vllm.platforms import current_platform  # lazy: resolved in the engine core, not at plugin import
 
-    # GDN's FlashInfer export keeps its offsets on the prefix-cache grid, vLLM's mamba_block_size
-    # (``get_mamba_prefill_checkpoint_grid``): the provisional interval here, the final one in the workers
-    # once they adopt it (``checkpoint_interval.adopt_interval``), never smaller
-    grid = checkpoint if spec.prefill_checkpoint_alignment == spec.block_size else spec.prefill_checkpoint_alignment
-    spec = replace(spec, block_size=checkpoint, prefill_checkpoint_alignment=grid)
-    if current_platform.is_cpu() and spec.num_prefill_checkpoint_blocks:
+    if current_platform.is_cpu() and spec.num_prefill_checkpoint_blocks and spec.mamba_type.name != "MAMBA2":
         spec = replace(spec, num_prefill_checkpoint_blocks=0, prefill_checkpoint_alignment=None)
-    return spec
+    if spec.num_prefill_checkpoint_blocks and spec.prefill_checkpoint_alignment == spec.block_size:
+        return replace(spec, block_size=checkpoint, prefill_checkpoint_alignment=checkpoint)
+    return replace(spec, block_size=block)
 
 
 def _natural_reason(vllm_config, kv_cache_specs) -> str | None:

@@ -22,6 +22,9 @@ class NaturalKVCacheConfig(KVCacheConfig):
     # "align" mode (prefix caching on): state block tables hold each slot's representative pool id s*k,
     # so state views are indexed by pool id at the attention page stride (index s*k = slot s)
     state_ids_are_block_ids: bool = False
+    # "align" mode: C, the tokens between two kept state checkpoints (besides each prompt's replay boundary and
+    # shared-prefix junctions); the state managers apply it as vLLM's sparse retention interval
+    checkpoint_interval: int | None = None
 
     def num_blocks_of(self, tensor: KVCacheTensor) -> int:
         # Overrides KVCacheConfig.num_blocks_of for the views that allocate_kv_cache builds: state layers

@@ -6,8 +6,9 @@ Configuration, step by step as the engine does it:
 - ``EngineArgs(...).create_engine_config()`` on the tiny float32 Mamba2 hybrid (models.py), prefix caching on
   ("align" mode), a small ``max_num_batched_tokens``; the plugin registered (``HYBRID_ALLOC=1``);
 - the worker's ``CpuPlatform.update_block_size_for_backend`` (the plugin's ``_align_hybrid_block_size``: a
-  32-token attention block, the state block = the checkpoint interval ``HYBRID_ALLOC_STATE_CHECKPOINT``),
-  with the layers' backend list given directly (no model is loaded);
+  32-token attention block), with the layers' backend list given directly (no model is loaded); the engine
+  core then makes the state block the attention block and keeps a state every checkpoint interval
+  ``HYBRID_ALLOC_STATE_CHECKPOINT`` tokens (``kv_cache_planning._align_spec``);
 - the layers' specs as ``Attention.get_kv_cache_spec`` / ``MambaBase.get_kv_cache_spec`` build them;
 - ``EngineCore._initialize_kv_caches`` itself (the plugin's ``get_kv_cache_configs``, ``cache_config.block_size
   = min(group block sizes)``, hash block size, cache-hit alignment) on a fake executor, then ``Scheduler`` as
@@ -357,7 +358,8 @@ def run_case(case: int, model_dir: str, rng: random.Random, fixed: dict | None =
     hasher = get_request_block_hasher(hash_block_size, hash_fn)
     worker = RecordingWorker(scheduler, groups, mamba_block)
     token_of_hash: dict = {}
-    result = {"case": case, "budget": budget, "checkpoint": mamba_block, "attention_block": kv_cache_config.kv_cache_groups[-1].kv_cache_spec.block_size,
+    result = {"case": case, "budget": budget, "checkpoint": kv_cache_config.checkpoint_interval,
+              "state_block": mamba_block, "attention_block": kv_cache_config.kv_cache_groups[-1].kv_cache_spec.block_size,
               "split_block": scheduler.cache_config.block_size,
               "scheduler_block": scheduler.block_size, "hash_block": hash_block_size,
               "natural": type(kv_cache_config).__name__ == "NaturalKVCacheConfig" and kv_cache_config.state_ids_are_block_ids, "checked": 0, "bad_keys": [], "hits": 0, "steps": 0,
@@ -434,7 +436,8 @@ def run_variant(model_dir: str, seed: int, cases: int, variant: str, kv_bytes: i
         "split_blocks": sorted({r["split_block"] for r in results}),  # cache_config.block_size when scheduling
         "hash_blocks": sorted({r["hash_block"] for r in results}),
         "natural_align": all(r["natural"] for r in results),  # the plugin's align-mode layout in every case
-        "checkpoints": sorted({r["checkpoint"] for r in results}),
+        "checkpoints": sorted({r["checkpoint"] for r in results}),  # the interval C
+        "state_blocks": sorted({r["state_block"] for r in results}),  # the state groups' block B
         "budgets": sorted({r["budget"] for r in results}),
         "num_blocks": sorted({r["num_blocks"] for r in results}),
         "slot_blocks": sorted({r["slot_blocks"] for r in results}),

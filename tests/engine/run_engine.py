@@ -25,6 +25,11 @@ Optional spec key ``ray_env_vars`` (names): before building the engine, connect 
 (``$RAY_ADDRESS``) with ``runtime_env={"env_vars": {name: value here}}``; vLLM passes that runtime_env on to the
 workers its Ray executor starts (``ParallelConfig.ray_runtime_env``), as a user's ``ray.init`` would.
 
+Optional spec key ``in_process_core`` (bool): the engine core runs in this process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so every prompt of a ``generate`` call is queued before the first
+step: step and preemption counts do not depend on how fast requests reach a separate engine core process
+(with one, the first step may see one request or all of them).
+
 Every process that imports this file as ``__mp_main__`` (a spawned engine core or worker) prints one line
 ``SPAWNED <pid>``: the harness counts them (``Run.spawned``).
 """
@@ -111,6 +116,8 @@ def main(spec: dict) -> dict:
     if spec.get("worker_multiproc_method"):
         os.environ[MP_METHOD_ENV] = spec["worker_multiproc_method"]
     _pin_cpu_platform()
+    if spec.get("in_process_core"):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if spec.get("ray_env_vars"):
         import ray
 

@@ -91,7 +91,7 @@ def _uncopied_checkpoints():
 
     def take_pending_cow_copies(self):
         for slot, keys, num_tokens in self.kept:
-            if self._can_spare_slot():
+            if self.can_spare_slot():
                 [copy] = self.block_pool.get_new_blocks(1)
                 for key in keys:
                     self.block_pool._insert_block_hash(key, copy, num_tokens)

@@ -1,16 +1,17 @@
 """Prefix caching ("align" mode) on natural pages: is the state a checkpoint holds the state its key names?
 (issue 12, "First: prove ..."; vLLM 0.32.) Before ``vllm_plugin.chunk_split`` it was not, and these tests failed.
 
-Under the plugin the attention block stays 32 tokens and the state group's block is the checkpoint interval
-C = ``HYBRID_ALLOC_STATE_CHECKPOINT`` (default 512 on CPU). vLLM's ``Scheduler._mamba_block_aligned_split``
-floors mid-prefill chunk ends to ``cache_config.block_size``, assuming it is the state block; in the engine
-core it is not C: on the CPU engine it is 128 (``CpuPlatform.check_and_update_config`` re-run by
-``EngineCoreProc`` after the scheduler is built), and 32 = the attention block where nothing resets it (the
-engine core's ``min`` of the group block sizes; CUDA's platform hook leaves it). The worker writes a chunk's
-state into block-table column ``cdiv(end, C) - 1``; ``MambaManager.cache_blocks`` keys that column at
-``(p + 1) * C`` once a later chunk passes the boundary. A chunk end between two boundaries thus leaves a block
-keyed at ``(p + 1) * C`` holding the state after that earlier chunk end, and a later request whose shared
-prefix reaches that key resumes from the wrong state.
+Under the plugin the attention block stays 32 tokens; the state group's block was then the checkpoint
+interval C = ``HYBRID_ALLOC_STATE_CHECKPOINT`` (it is now the attention block, with a state kept every C
+tokens). vLLM's ``Scheduler._mamba_block_aligned_split`` floors mid-prefill chunk ends to
+``cache_config.block_size``, assuming it is the state block; in the engine core it was not C: on the CPU
+engine it is 128 (``CpuPlatform.check_and_update_config`` re-run by ``EngineCoreProc`` after the scheduler is
+built), and 32 = the attention block where nothing resets it (the engine core's ``min`` of the group block
+sizes; CUDA's platform hook leaves it). The worker writes a chunk's state into block-table column
+``cdiv(end, C) - 1``; ``MambaManager.cache_blocks`` keys that column at ``(p + 1) * C`` once a later chunk
+passes the boundary. A chunk end between two boundaries thus left a block keyed at ``(p + 1) * C`` holding the
+state after that earlier chunk end, and a later request whose shared prefix reaches that key resumed from the
+wrong state.
 
 1. In-process (``checkpoint_keys.py``, run by the engine interpreter; no engine): vLLM's own Scheduler and
    KVCacheManager configured as the CPU engine core configures them under the plugin, a recording worker,
@@ -86,7 +87,7 @@ def _covers(summary: dict) -> None:
     multi-chunk prefills and prefix hits."""
     assert summary["natural_align"]
     assert summary["attention_blocks"] == [32] and summary["hash_blocks"] == [32]
-    assert summary["checkpoints"] == [64, 128, 192, 256, 320, 512]
+    assert summary["checkpoints"] == [64, 128, 192, 256, 320, 512] and summary["state_blocks"] == [32]
     assert min(summary["budgets"]) < 64 and max(summary["budgets"]) > 256
     assert summary["prefill_chunks"] > 2 * summary["cases"] * 3
     assert summary["hit_tokens"] > 0 and summary["checked"] > 10_000

@@ -160,15 +160,15 @@ PROBE = textwrap.dedent('''
         pass
     after = [m for m in ("hybrid_alloc.vllm_plugin", "vllm.v1.worker.cpu_worker") if m in sys.modules]
     import hybrid_alloc.vllm_plugin as plugin
-    from hybrid_alloc.vllm_plugin import (block_size, capacity_log, checkpoint_interval, chunk_split, kv_cache_coordinator,
-                                          kv_cache_planning, patching, tensors)
+    from hybrid_alloc.vllm_plugin import (block_size, capacity_log, checkpoint_interval, chunk_split, mamba2_prefill_checkpoint,
+                                          kv_cache_coordinator, kv_cache_planning, patching, tensors)
     first = state()
     plugin.register()  # vLLM loads plugins again in this process: nothing changes
     plugin._registered = False
     plugin.register()  # every patch applied again: each replacement already in place, nothing wrapped twice
     second = state()
     declared = sorted({p.name for m in (block_size, checkpoint_interval, kv_cache_planning, capacity_log, kv_cache_coordinator,
-                                        chunk_split, tensors)
+                                        chunk_split, tensors, mamba2_prefill_checkpoint)
                        for p in m.PATCHES if patching._owners(p)})
     print("PROBE " + json.dumps({"before": before, "after": after, "first": first, "second": second, "declared": declared,
                                  "in_place": all(patching._in_place(o, n) for o, n, _ in patching._patched)}))

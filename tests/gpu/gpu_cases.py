@@ -299,7 +299,10 @@ def case_vllm_global() -> None:
 def case_vllm_prefix_caching() -> None:
     """Prefix caching ("align" mode) under the plugin on CUDA (issue 12; on vLLM 0.33 only tested in-process
     before): the tiny Mamba2 hybrid in float32 (its layers export in-prefill checkpoints on GPUs) and the GDN
-    hybrid in bfloat16, each prompt set twice with prefix caching on and once with it off. Checked: no
+    hybrid in bfloat16, each prompt set twice with prefix caching on and once with it off, prefilled in chunks
+    of 128 tokens (Mamba2's layers export on every chunk; all but a prompt's last into the null block, which
+    ``vllm_plugin.mamba2_prefill_checkpoint`` must keep from writing: its state page overlaps attention
+    blocks under the natural layout; on CPU that showed as outputs differing from caching off). Checked: no
     fail-closed line, vLLM's align mode on natural pages, the second pass hits (repeated prompts), Mamba2's
     tokens identical to caching off (float32), GDN's equal to caching off on the first pass (nothing is hit
     there, so nothing can drift)."""
