@@ -109,9 +109,10 @@ class AlignSlotMambaManager(MambaManager):
             fresh = int(request_id not in self._allocated_block_reqs)
             slots = min(slots, self._get_num_evictable_blocks(new_computed_blocks) + fresh)
         running = request_id in self._allocated_block_reqs and not kwargs.get("apply_admission_cap")
-        export = int(request_id in self._checkpoints and not (running and request_id in self._partial_hit_reqs)
-                     and not kwargs.get("apply_admission_cap"))
-        if running:
+        # a partial tail's producer exporting (B = C only) keeps vLLM's allocation and count
+        producer = running and request_id in self._checkpoints and request_id in self._partial_hit_reqs
+        export = int(request_id in self._checkpoints and not producer and not kwargs.get("apply_admission_cap"))
+        if running and not producer:
             required = export  # a running request keeps its slot; an export is a checkpoint (_export_in_place)
         else:
             required = slots  # vLLM's: the running slot, a prefix hit, an in-prefill checkpoint block
