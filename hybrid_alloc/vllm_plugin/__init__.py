@@ -12,7 +12,7 @@ them): ``fail_closed`` (when to stay stock), ``block_size`` (no inflation, no pa
 ``checkpoint_interval`` (align mode's state checkpoints), ``kv_cache_planning`` (groups, tensors, block
 count; engine core) on ``natural_config`` (the config types), ``capacity_log`` (true capacity),
 ``kv_cache_coordinator`` + ``block_pool`` (ordered free ids, state slots; its live-object ``SWAPS``),
-``chunk_split`` (align mode: prefill chunks end on state blocks, so a checkpoint holds what its key names),
+``chunk_split`` (align mode: where prefill chunks end, so a kept state is the state its key names),
 ``tensors`` (the buffer and views, slot copy-on-write; workers), ``mamba2_prefill_checkpoint`` (Mamba2's
 in-prefill checkpoint export: never into the null block; on vLLM's CPU backend at all; workers), ``global_mode`` (``HYBRID_ALLOC_MODE=global``:
 ``phase_tags``, ``profiler_stats``); prefix caching runs vLLM's "align" mode on natural pages

@@ -180,8 +180,8 @@ def _worker_config(vllm_config, worker_spec, shape: StageShape, state_specs, num
 def _align_spec(spec: MambaSpec, checkpoint: int, block: int) -> MambaSpec:
     """A state group's spec in "align" mode. Its block B is the attention block ``block``: a chunk's state
     can be kept at any attention-block boundary, and an in-prefill export (column ``cdiv(end, B) - 2``) is
-    possible for any prompt longer than two blocks; vLLM's sparse retention (the config's
-    ``prefix_cache_retention_interval`` = C) keys only the ones worth keeping. Except where the layers'
+    possible for any prompt longer than two blocks; vLLM's sparse retention, with C passed by the state
+    managers (``AlignSlotMambaManager.cache_blocks``), keys only the ones worth keeping. Except where the layers'
     export grid is the state block (GDN's FlashInfer prefill: ``get_mamba_prefill_checkpoint_grid`` =
     ``mamba_block_size``, with a per-grid-step buffer of ``max_num_batched_tokens / grid`` states): there
     B = C, never below the provisional grid the workers sized that buffer on.

@@ -148,7 +148,8 @@ def _store(checkpoint, chunk_idx, x, conv_state, chunk_states, ssm_state, query_
         ssm_state[dst].copy_(chunk_states[int(sources[row])].reshape(ssm_state[dst].shape))  # one flat row
 
 
-def _cpu_store(original):
+def _store_without_null(original):
+    """``store_prefill_checkpoint`` with null destinations dropped (every platform); the torch store on CPU."""
     from dataclasses import replace
 
     def store_prefill_checkpoint(checkpoint, chunk_idx, x, conv_state, chunk_states, ssm_state, query_start_loc, *,
@@ -169,5 +170,5 @@ def _cpu_store(original):
 
 PATCHES = (
     Patch("_mamba_chunk_scan_combined_fwd", _intermediate_states),
-    Patch("store_prefill_checkpoint", _cpu_store),
+    Patch("store_prefill_checkpoint", _store_without_null),
 )
