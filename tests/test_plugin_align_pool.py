@@ -85,17 +85,51 @@ def test_lru_order_across_attention_and_state():
     owners_ok(pool, got)
 
 
-def test_random_against_invariants():
-    rng = random.Random(0)
+def test_attention_evicts_cached_blocks_before_breaking_the_last_run():
+    """Runs bind (one available run, room for one more request): a new request's attention evicts cached
+    attention blocks in the null block's run instead of taking the free run's ids, which would leave no
+    run for the request's slot (CPU engine, GDN mixed workload: 48 steps against 40 with caching off)."""
+    pool, slots = make_pool(24, 4)  # runs 0..5; run 0 holds the null block
+    a = pool.get_new_blocks(3)
+    assert [b.block_id for b in a] == [1, 2, 3]
+    for i, b in enumerate(a):
+        cache(pool, b, f"a{i}")
+    pool.free_blocks(a)
+    held = [slots.get_new_blocks(1)[0] for _ in range(4)]  # runs 5, 4, 3, 2
+    q = pool.free_block_queue
+    assert q.num_free_runs == 1 and q._runs_bind()
+    got = pool.get_new_blocks(3)
+    assert sorted(b.block_id for b in got) == [1, 2, 3] and q.num_free_runs == 1
+    assert all(b.block_hash is None for b in got)  # evicted
+    owners_ok(pool, held + got)
+
+
+def outside_available_runs(pool):
+    """Free and cached-free ids attention can take without breaking a run a slot could have."""
+    q = pool.free_block_queue
+    ids = set(q.runs.free_ids()) | {rep for rep, size in q.lru.items() if size == 1}
+    return {i for i in ids if not q.runs.in_available_run(i)}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_against_invariants(seed):
+    """Single owners and counts after every operation; while available runs bind (``_runs_bind``),
+    attention breaks none while it can take ids outside them, evicting cached attention blocks there."""
+    rng = random.Random(seed)
     pool, slots = make_pool(64, 4)
     held = []
-    names = 0
+    names = bound = 0
     for _ in range(3000):
         op = rng.random()
         if op < 0.3 and pool.free_block_queue.num_free_runs and pool.get_num_free_blocks() >= 4:
             held.extend(slots.get_new_blocks(1))
         elif op < 0.6 and pool.get_num_free_blocks() >= 1:
-            held.extend(pool.get_new_blocks(rng.randint(1, min(3, pool.get_num_free_blocks()))))
+            n, q = rng.randint(1, min(3, pool.get_num_free_blocks())), pool.free_block_queue
+            runs, room, binding = q.num_free_runs, len(outside_available_runs(pool)), q._runs_bind()
+            held.extend(pool.get_new_blocks(n))
+            if room >= n and binding:
+                assert q.num_free_runs == runs, "attention broke a run while runs bind and it could spare one"
+                bound += 1
         elif op < 0.9 and held:
             b = held.pop(rng.randrange(len(held)))
             if b.block_hash is None and rng.random() < 0.6:
@@ -109,6 +143,7 @@ def test_random_against_invariants():
                 pool.touch([b])
                 held.append(b)
         owners_ok(pool, held)
+    assert bound > 100  # the rule was exercised
     pool.free_blocks(held)
     assert pool.reset_prefix_cache()
     assert not pool.free_block_queue.lru and pool.get_num_free_blocks() == 64 - 1

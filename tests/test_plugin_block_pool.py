@@ -14,10 +14,15 @@ class Reference:
         self.n, self.k, self.free = num_blocks, k, set(free)
 
     def take_lowest(self, n):
-        """Spare ids (above the last whole run) first, then ascending."""
+        """Spare ids (above the last whole run) first, then the ids of runs not wholly free, then the rest,
+        ascending within each, one at a time (taking an id from a whole run breaks it)."""
         spare = self.n // self.k * self.k
-        out = sorted(self.free, key=lambda i: (i < spare, i))[:n]
-        self.free -= set(out)
+        out = []
+        for _ in range(n):
+            whole = set(self.runs())
+            i = min(self.free, key=lambda i: (i < spare, i // self.k in whole, i))
+            self.free.discard(i)
+            out.append(i)
         return out
 
     def runs(self):
@@ -44,6 +49,27 @@ def test_lowest_first_and_highest_run():
     assert f.take_run() == 1
     f.release([9])
     assert f.take_lowest(2) == [9, 2]
+
+
+def test_attention_fills_broken_runs_before_breaking_available_ones():
+    """Ids in runs a slot cannot have anyway go first, wherever they are: a run whose ids are free or
+    evictable (cached-free, reported by ``evictable``) stays whole while another run has a hole."""
+    f = FreeRuns(16, 4, range(1, 16))
+    f.take_lowest(15)
+    f.release([4, 5, 6, 7, 13])  # run 1 wholly free; run 3 has a hole
+    assert f.num_avail_runs == 1
+    assert f.take_lowest(1) == [13]  # not 4: that would leave no run for a slot
+    f.release([8, 9])
+    f.evictable([10, 11], +1)  # run 2: two free ids and two cached ones, available for a slot
+    assert f.num_avail_runs == 2 and f.num_free_runs == 1
+    f.release([14])
+    assert f.take_lowest(2) == [14, 4]  # the hole first; then the lowest id of an available run
+    assert f.num_avail_runs == 1
+    f.evictable([10], -1)  # a cached id touched again: run 2 is no longer available
+    assert f.num_avail_runs == 0 and f.take_lowest(1) == [5]
+    f.release([10])  # the touched one freed again, the other evicted (availability unchanged): run 2 free
+    f.release([11], evicted=True)
+    assert f.num_avail_runs == f.num_free_runs == 1 and f.take_lowest(1) == [6]
 
 
 def test_double_free_and_taking_a_taken_block_fail():

@@ -20,6 +20,8 @@ The live ``cache_config``, shared with the workers, is never changed.
 
 from __future__ import annotations
 
+from vllm.utils.math_utils import cdiv
+
 from .natural_config import NaturalKVCacheConfig
 from .patching import Patch
 
@@ -32,6 +34,23 @@ class _StateBlockCacheConfig:
 
     def __getattr__(self, name):
         return getattr(self._cache_config, name)
+
+
+def _room_for_waiting(scheduler, managers, request) -> bool:
+    """The pool holds a checkpoint slot per state group beside every other waiting request (its prompt's
+    attention blocks, a running slot per state group): else admitting them evicts what a tail stop keeps.
+    Stops counting once the pool is short, so a long queue costs little where it matters."""
+    def blocks(m, num_tokens: int) -> int:
+        return m.slot_blocks if hasattr(m, "slot_blocks") else cdiv(num_tokens, m.block_size)
+
+    free = scheduler.kv_cache_manager.block_pool.get_num_free_blocks()
+    need = sum(m.slot_blocks for m in managers if hasattr(m, "slot_blocks"))
+    for r in scheduler.waiting:
+        if need > free:
+            return False
+        if r is not request:
+            need += sum(blocks(m, r.num_tokens) for m in managers)
+    return need <= free
 
 
 def _aligned_split(original):
@@ -61,7 +80,8 @@ def _aligned_split(original):
             return on_checkpoints if 4 * on_checkpoints >= 3 * on_blocks else on_blocks
         on_blocks = split(state_block, True)
         managers = self.kv_cache_manager.coordinator.single_type_managers
-        if not all(m.can_spare_slot() for m in managers if hasattr(m, "can_spare_slot")):
+        if not (all(m.can_spare_slot() for m in managers if hasattr(m, "can_spare_slot"))
+                and _room_for_waiting(self, managers, args[0] if args else kwargs["request"])):
             # a checkpoint the pool cannot spare a slot for is dropped (take_pending_cow_copies): no chunk
             # stops early for one; a chunk that can finish the prompt does (chunks ending mid-prompt are
             # floored to attention blocks anyway, so the prompt's tail stop changes nothing there)
