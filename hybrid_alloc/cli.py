@@ -26,7 +26,9 @@ from hybrid_alloc.report.plot import write_plot
 from hybrid_alloc.validation import validate, verify
 
 # With no MODEL, the embedded default: Qwen3.5-9B on 3x RTX 3060 12 GiB, PP=3, 32k-token requests
-# (its 262,144-token max_position_embeddings does not fit there, in vLLM as here).
+# (its 262,144-token max_position_embeddings does not fit there, in vLLM as here), text only: as if
+# --language-model-only were given (the checkpoint's vision tower is not loaded; --no-language-model-only
+# loads it).
 DEFAULT_MODEL = "qwen3.5-9b"
 DEFAULT_PP = 3
 DEFAULT_MAX_MODEL_LEN = 32768
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument(
         "model", nargs="?",
         help=f"config.json, a model folder or a bundled name (default: {DEFAULT_MODEL} with --pp {DEFAULT_PP} "
-        f"--max-model-len {DEFAULT_MAX_MODEL_LEN})",
+        f"--max-model-len {DEFAULT_MAX_MODEL_LEN} --language-model-only)",
     )
     trace.add_argument("--hardware", choices=tuple(HARDWARE), default="rtx3060")
     trace.add_argument("--pp", type=_number(int, 1), help=f"pipeline stages (default: 1; {DEFAULT_PP} with no MODEL)")
@@ -115,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--quantization", "-q", choices=VLLM_QUANTIZATION_METHODS, metavar="METHOD",
                        help="the checkpoint's quantization method (weights only: the budget estimate), e.g. awq, "
                        "gptq, fp8, modelopt_fp4 for a bundled name traced for a quantised checkpoint")
-    trace.add_argument("--language-model-only", action="store_true",
-                       help="vision-language models: the vision encoder is not loaded (weights only)")
+    trace.add_argument("--language-model-only", action=argparse.BooleanOptionalAction, default=None,
+                       help="vision-language models: the vision encoder is not loaded, as with vLLM's "
+                       "--language-model-only (default: loaded; not loaded with no MODEL)")
     trace.add_argument(
         "--cpu-avx512-bf16", action=argparse.BooleanOptionalAction, default=None,
         help="--hardware cpu: whether the target CPU has AVX512-BF16 (vLLM then keeps SSM state in float32); "
@@ -173,7 +176,8 @@ def trace_settings(args: argparse.Namespace) -> Settings:
         num_speculative_tokens=args.num_speculative_tokens,
         pp_layer_partition=args.pp_layer_partition,
         quantization=args.quantization,
-        language_model_only=args.language_model_only,
+        # absent: loaded, as by `vllm serve`; the embedded default is text only
+        language_model_only=args.model is None if args.language_model_only is None else args.language_model_only,
     )
 
 

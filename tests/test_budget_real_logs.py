@@ -196,12 +196,6 @@ def quantization(log: StartupLog) -> str | None:
     return None if method == "none" else method
 
 
-def config(log: StartupLog) -> str:
-    """The config the estimate reads: the bundled one, or the fixture's own copy (``config`` header, a path
-    under tests/fixtures/startup_logs) where the bundled copy lacks a part of the checkpoint vLLM loads."""
-    return str(LOGS / log.header["config"].split()[0]) if "config" in log.header else log.header["bundled"]
-
-
 def estimated_budget(log: StartupLog) -> B.KVCacheBudget:
     settings = LoggedSettings(
         hardware=log.header["planner_hardware"].split()[0], tp=int(log.number("tp")),
@@ -211,7 +205,7 @@ def estimated_budget(log: StartupLog) -> B.KVCacheBudget:
         max_num_batched_tokens=int(log.number("max_num_batched_tokens")),
         num_speculative_tokens=int(log.number("num_speculative_tokens")))
     dtype = log.header.get("dtype")  # vLLM's --dtype where the run overrode the config's
-    layout = load_layout(config(log), tp=settings.tp, dtype=dtype, quantization=quantization(log))
+    layout = load_layout(log.header["bundled"], tp=settings.tp, dtype=dtype, quantization=quantization(log))
     budget = B.kv_cache_budgets(layout, settings, get_hardware(settings.hardware))[0]
     if log.find(EAGER):
         budget = B.KVCacheBudget(0, tuple(line for line in budget.lines if not line.label.startswith("CUDA graphs")))

@@ -327,6 +327,42 @@ def test_language_model_only_drops_the_vision_encoder():
     assert load_layout("llama-3.1-8b", language_model_only=True) == load_layout("llama-3.1-8b")
 
 
+def _stage0_lines(doc: dict) -> dict[str, int]:
+    return {line["label"]: line["bytes"] for line in doc["stages"][0]["budget"]}
+
+
+def test_default_trace_is_text_only_and_says_so(capsys):
+    """The embedded default is Qwen3.5-9B as if --language-model-only were given: the same plan as naming it
+    with that flag, the header says so, and --no-language-model-only puts the tower back on stage 0."""
+    code, out, err = run(["trace"], capsys)
+    assert (code, err) == (0, "")
+    assert "language model only (--language-model-only): the vision tower is not loaded" in out.split("KV cache budget")[0]
+    default = _json([], capsys)
+    assert default == _json(["qwen3.5-9b", "--pp", "3", "--max-model-len", "32768", "--language-model-only"], capsys)
+    assert default["settings"]["language_model_only"] is True
+    assert not any("vision" in label or "encoder" in label for label in _stage0_lines(default))
+    tower = _json(["--no-language-model-only"], capsys)
+    layout = load_layout("qwen3.5-9b")
+    assert layout.encoder_weight_bytes > 0
+    assert _stage0_lines(tower)["weights: vision encoder"] == -layout.encoder_weight_bytes
+    assert tower["stages"][0]["kv_cache_memory_bytes"] < default["stages"][0]["kv_cache_memory_bytes"]
+    assert [s["kv_cache_memory_bytes"] for s in tower["stages"][1:]] == \
+        [s["kv_cache_memory_bytes"] for s in default["stages"][1:]]
+    code, out, _ = run(["trace", "--no-language-model-only"], capsys)
+    assert "vision tower loaded (no --language-model-only)" in out.split("KV cache budget")[0]
+
+
+def test_a_named_qwen35_9b_counts_its_vision_tower(capsys):
+    """`trace qwen3.5-9b` traces what `vllm serve Qwen/Qwen3.5-9B` loads: the bundled config has the
+    checkpoint's vision_config, so the tower's weights and its profiling peak are on stage 0."""
+    layout = load_layout("qwen3.5-9b")
+    doc = _json(["qwen3.5-9b", "--max-model-len", "32768", "--pp", "3"], capsys)
+    lines = _stage0_lines(doc)
+    assert lines["weights: vision encoder"] == -layout.encoder_weight_bytes
+    assert lines["activations (encoder profiling)"] == -layout.encoder_activation_bytes
+    assert doc["settings"]["language_model_only"] is False
+
+
 @pytest.mark.parametrize("hardware", ["l4", "l40s", "rtx3090", "rtx5090", "gb10", "h20", "b200"])
 def test_trace_on_each_new_profile(hardware, capsys):
     """No traceback; the budget is what the profile's memory leaves; both layouts fit requests; blocks are
@@ -354,7 +390,8 @@ def test_readme_excerpt_is_the_default_trace():
     excerpt = readme.split("Excerpt of `hybrid-alloc trace` (no arguments):", 1)[1].split("```", 2)[1]
     out = subprocess.run([sys.executable, "-m", "hybrid_alloc", "trace"], capture_output=True, text=True, check=True,
                          env={**__import__("os").environ, "COLUMNS": "120"}).stdout
-    lines = [line for line in excerpt.splitlines() if line.startswith(("│", "Suggestion", "Stage ", "Qwen/"))]
+    lines = [line for line in excerpt.splitlines()
+             if line.startswith(("│", "Suggestion", "Stage ", "Qwen/", "language model only"))]
     assert len(lines) > 10
     missing = [line for line in lines if line.rstrip() not in out]
     assert not missing, missing

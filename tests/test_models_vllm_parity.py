@@ -22,7 +22,8 @@ the CPU platform. What the child patches (CPU-only machine):
 - ``torchvision`` is absent (PyPI's build does not load beside CPU torch) but the Qwen3.5 model module
   imports transformers' Qwen2-VL image processor, which imports it unconditionally: an empty stand-in
   package is installed after transformers has recorded that torchvision is unavailable.
-- The config vLLM reads: flattened Qwen3.5 copies (our bundling format) nested back into ``text_config``;
+- The config vLLM reads: flattened Qwen3.5 copies (our bundling format) nested back into ``text_config``
+  (their ``vision_config`` at the top level, where the published file has it);
   the ModelOpt ``quantization_config`` dropped (the CPU platform rejects it; cache layouts do not depend on
   weight quantization); the bundled Jamba copy's ``layers_block_type`` dropped (transformers' JambaConfig
   derives it from attn_layer_period/offset and refuses it as input).
@@ -137,7 +138,8 @@ def _child(request: list[dict]) -> dict:
             else:
                 layers[name] = ["attention", spec.num_kv_heads, spec.head_size, spec.head_size_v, spec.sliding_window]
         params = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if not n.startswith("visual."))
-        return {"layers": layers, "params": params}
+        visual = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n.startswith("visual."))
+        return {"layers": layers, "params": params, "visual_params": visual}
 
     def attempt(fn, *args) -> dict:
         try:
@@ -166,9 +168,10 @@ def vllm_view(data: dict) -> dict:
     data = dict(data)
     outer = data.pop("top_level_model_type", None)
     if outer and outer != data.get("model_type"):
-        text = {k: v for k, v in data.items() if k != "architectures"}
+        text = {k: v for k, v in data.items() if k not in ("architectures", "vision_config")}
         data = {"architectures": data["architectures"], "model_type": outer, "text_config": text,
-                "tie_word_embeddings": text.get("tie_word_embeddings", False)}
+                "tie_word_embeddings": text.get("tie_word_embeddings", False)} | (
+            {"vision_config": data["vision_config"]} if "vision_config" in data else {})
     if str((data.get("quantization_config") or {}).get("quant_method", "")).startswith("modelopt"):
         data.pop("quantization_config")
     if data.get("model_type") == "jamba":
@@ -299,14 +302,16 @@ def test_layers_match_vllm_model(vllm_answers, name):
     expected = {n: ([MAMBA_KINDS[v[0]], *v[1:]] if v[0] != "attention" else v) for n, v in theirs["layers"].items()}
     assert mine == expected
 
-    # Weight estimate against the language model's parameters (vision towers are not estimated):
-    # unquantized, full-size checkpoints built whole (flattened copies lacking weight fields read the same
-    # class defaults as vLLM, so they compare too).
+    # Weight estimate against the language model's parameters: unquantized, full-size checkpoints built
+    # whole (flattened copies lacking weight fields read the same class defaults as vLLM, so they compare too).
+    # The vision tower's against vLLM's ``visual.*`` parameters wherever the config has a vision_config.
     data = CASES[name]
     if not (name.startswith("tiny:") or "E" in data.get("hybrid_override_pattern", "")
             or data.get("quantization_config")):
         estimate = sum(layout.weight_bytes_per_decoder_layer) + layout.embedding_weight_bytes + layout.head_weight_bytes
         assert estimate == pytest.approx(theirs["params"], rel=0.03)
+    if "vision_config" in data:  # exact: the tower is unquantized in every bundled checkpoint
+        assert layout.encoder_weight_bytes == theirs["visual_params"] > 0
 
 
 if __name__ == "__main__":

@@ -152,7 +152,9 @@ def test_stock_floor_binds_in_the_engine_as_in_the_trace(plugin, tmp_path_factor
     vc.scheduler_config.max_num_seqs = settings.max_num_seqs
     from hybrid_alloc.models import load_layout
 
-    budgets = [b.bytes for b in kv_cache_budgets(load_layout("qwen3.5-9b"), replace(settings, prefix_caching=False), hw)]
+    # the default trace is text only (--language-model-only): no vision tower on stage 0
+    text_only = load_layout("qwen3.5-9b", language_model_only=True)
+    budgets = [b.bytes for b in kv_cache_budgets(text_only, replace(settings, prefix_caching=False), hw)]
     stock = plan_stock(layout, settings, budgets)
     floor = stock_floor(stock, settings, plan_natural(layout, settings, budgets, hw).max_model_len)
     best = plan_natural(layout, settings, budgets, hw)

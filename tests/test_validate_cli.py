@@ -26,6 +26,16 @@ def test_dry_run_defaults_are_the_named_setup(capsys):
     assert "RTX 3060" in out and out.count("Stage ") == 3  # the trace's prediction
 
 
+def test_prediction_counts_the_vision_tower_unless_vllm_is_told_language_model_only(capsys):
+    """`vllm serve Qwen/Qwen3.5-9B` loads the checkpoint's vision tower; with --language-model-only it does not,
+    and the prediction follows the vLLM arguments."""
+    assert main(["validate", "--dry-run"]) == 0
+    assert "vision tower loaded" in capsys.readouterr().out
+    assert main(["validate", "--dry-run", "--", "--language-model-only"]) == 0
+    out = capsys.readouterr().out
+    assert "language model only (--language-model-only)" in out and "vision tower loaded" not in out
+
+
 def test_model_path_is_served_and_traced(capsys, tmp_path):
     (tmp_path / "config.json").write_text(BUNDLED_9B.read_text())
     assert main(["validate", "Qwen/Qwen3.5-9B", "--model-path", str(tmp_path), "--pp", "1", "--hardware", "h100", "--dry-run"]) == 0

@@ -121,6 +121,12 @@ class ModelLayout:
         return tuple(layer for layer in self.layers if layer.is_state)
 
     @property
+    def is_multimodal(self) -> bool:
+        """A vision-language architecture (Qwen3.5/3.6 ``...ForConditionalGeneration``): vLLM loads its
+        vision encoder unless ``--language-model-only`` is given."""
+        return self.architecture.endswith("ForConditionalGeneration")
+
+    @property
     def is_hybrid(self) -> bool:
         return bool(self.attention_layers) and bool(self.state_layers)
 

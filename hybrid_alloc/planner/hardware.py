@@ -88,7 +88,10 @@ HARDWARE: dict[str, HardwareProfile] = {
         _profile("rtx5090", "NVIDIA GeForce RTX 5090 32 GB", 31.36, (12, 0), "FLASH_ATTN", 256),
         # 22.05 GiB (estimate; nvidia-smi shows 23034 MiB: lmstudio-ai/lmstudio-bug-tracker#1638)
         _profile("l4", "NVIDIA L4 24 GB", 22.05, (8, 9), "FLASH_ATTN", 256),
-        # 44.53 GiB: Wan-Video/Wan2.1#205 (an L40 shows 44.40 GiB: QwenLM/Qwen3-VL#2097)
+        # 44.53 GiB: Wan-Video/Wan2.1#205. L40S totals differ by host (nvidia-smi reports 46068 MiB on L40S
+        # hosts; the driver keeps a host-dependent part): 44.40 GiB under vLLM in vllm-project/vllm#23230, 44.42 GiB in
+        # stepfun-ai/Step-Video-T2V#8 (an L40 shows 44.40 GiB: QwenLM/Qwen3-VL#2097). No source singles out
+        # one value, so the first one found stays; other hosts may have up to 133 MiB less.
         _profile("l40s", "NVIDIA L40S 48 GB", 44.53, (8, 9), "FLASH_ATTN", 256),
         # A100 80 GB: 79.15 GiB (estimate); "a100" in the device name keeps it on the 256 tier.
         _profile("a100", "NVIDIA A100-SXM4-80GB", 79.15, (8, 0), "FLASH_ATTN", 256),

@@ -41,8 +41,22 @@ def _header(trace: LayoutComparison | StartupRefusal) -> str:
         f"max_model_len {trace.max_model_len:,}, max_num_seqs {s.max_num_seqs}, KV cache {dtype}, "
         f"prefix caching {'on' if s.prefix_caching else 'off'} (mamba_cache_mode {s.mamba_cache_mode})"
         + (f", {s.num_speculative_tokens} speculative tokens" if s.num_speculative_tokens else "")
+        + _vision_line(trace)
         + _cpu_rule_line(trace)
     )
+
+
+def _vision_line(trace: LayoutComparison | StartupRefusal) -> str:
+    """Whether a vision-language model's vision tower is in the plan (vLLM's --language-model-only)."""
+    layout = trace.layout
+    if not layout.is_multimodal:
+        return ""
+    if trace.settings.language_model_only:
+        return "\nlanguage model only (--language-model-only): the vision tower is not loaded"
+    if not layout.encoder_weight_bytes:
+        return ""
+    counted = "" if trace.settings.kv_cache_memory else ": its weights and profiling peak count on stage 0"
+    return f"\nvision tower loaded (no --language-model-only){counted}"
 
 
 def _refusal_lines(trace: StartupRefusal) -> list[str]:

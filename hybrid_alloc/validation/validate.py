@@ -143,7 +143,8 @@ def _print_plan(args: argparse.Namespace) -> None:
     settings = Settings(hardware=args.hardware, pp=args.pp, tp=args.tp, max_model_len=args.max_model_len,
                         gpu_memory_utilization=gpu_memory_utilization(args) or DEFAULT_GPU_MEMORY_UTILIZATION,
                         max_num_seqs=hardware.default_max_num_seqs, kv_cache_memory=_kv_cache_bytes(args.vllm_args),
-                        prefix_caching="--no-enable-prefix-caching" not in args.vllm_args)
+                        prefix_caching="--no-enable-prefix-caching" not in args.vllm_args,
+                        language_model_only="--language-model-only" in args.vllm_args)
     render.print_trace(compare_model(trace_source(args), settings, allow_long_max_model_len()))
 
 
