@@ -86,7 +86,7 @@ def test_lru_order_across_attention_and_state():
 
 
 def test_attention_evicts_cached_blocks_before_breaking_the_last_run():
-    """Runs bind (one available run, room for one more request): a new request's attention evicts cached
+    """Runs bind (one available run, a request waiting for it): a new request's attention evicts cached
     attention blocks in the null block's run instead of taking the free run's ids, which would leave no
     run for the request's slot (CPU engine, GDN mixed workload: 48 steps against 40 with caching off)."""
     pool, slots = make_pool(24, 4)  # runs 0..5; run 0 holds the null block
@@ -97,6 +97,7 @@ def test_attention_evicts_cached_blocks_before_breaking_the_last_run():
     pool.free_blocks(a)
     held = [slots.get_new_blocks(1)[0] for _ in range(4)]  # runs 5, 4, 3, 2
     q = pool.free_block_queue
+    q.waiting_requests = 1  # the scheduler's count (chunk_split)
     assert q.num_free_runs == 1 and q._runs_bind()
     got = pool.get_new_blocks(3)
     assert sorted(b.block_id for b in got) == [1, 2, 3] and q.num_free_runs == 1
@@ -125,6 +126,7 @@ def test_random_against_invariants(seed):
             held.extend(slots.get_new_blocks(1))
         elif op < 0.6 and pool.get_num_free_blocks() >= 1:
             n, q = rng.randint(1, min(3, pool.get_num_free_blocks())), pool.free_block_queue
+            q.waiting_requests = rng.choice((0, 1, 4, 20))
             runs, room, binding = q.num_free_runs, len(outside_available_runs(pool)), q._runs_bind()
             held.extend(pool.get_new_blocks(n))
             if room >= n and binding:

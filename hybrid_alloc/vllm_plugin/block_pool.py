@@ -240,12 +240,12 @@ def take_slot(block_pool) -> tuple[int, list]:
 class CachingFreeBlockQueue(OrderedFreeBlockQueue):
     """The free structure of "align" mode (prefix caching on): uncached free ids in ``FreeRuns`` (slots: the
     highest free aligned runs) plus cached-but-free *units* in one LRU (no ratio between cached attention
-    and cached state). A slot evicts oldest-first until a run is free. Attention keeps available runs
-    (free or evictable) whole before it keeps cached blocks: an uncached free id outside them, else the
-    oldest cached attention block outside them (evicted), else an uncached free id inside one (the run
-    breaks), else the oldest unit. Otherwise cached blocks at low ids push attention into free runs and a
-    new request finds no run for its slot (tests/engine/test_engine_prefix_caching_capacity.py: 48 steps
-    against 40 with caching off).
+    and cached state). A slot evicts oldest-first until a run is free. Attention takes an uncached free id
+    outside available runs (free or evictable ids only) first; where requests wait for runs
+    (``_runs_bind``), next the oldest cached attention block outside them (evicted); then an uncached free
+    id inside one (the run breaks), then the oldest unit. Otherwise cached blocks at low ids push attention
+    into free runs and a new request finds no run for its slot (tests/engine/
+    test_engine_prefix_caching_capacity.py: 48 steps against 40 with caching off).
 
     A unit is an attention block (1 id) or a state slot (its representative id ``s*k`` and the ``k - 1``
     ids under it, held while the slot is held or cached). In "align" mode a state group's block table holds
@@ -261,7 +261,7 @@ class CachingFreeBlockQueue(OrderedFreeBlockQueue):
         self.lru: OrderedDict = OrderedDict()  # unit representative id -> unit size (1 or k); oldest first
         self.num_cached_free = 0
         self.slot_reps: set[int] = set()  # representatives of slots held or cached
-        self.num_cached_slots = 0  # slots among the LRU's units
+        self.waiting_requests = 0  # requests waiting for admission, as the scheduler last counted (chunk_split)
         self.age: dict[int, int] = {}  # cached attention block id -> its LRU position (smaller = older)
         self._newest = self._oldest = 0
         self._outside: list[tuple[int, int]] = []  # min-heap (age, id): cached attention blocks outside
@@ -269,15 +269,11 @@ class CachingFreeBlockQueue(OrderedFreeBlockQueue):
         self.runs.on_unavailable = self._run_unavailable
 
     def _runs_bind(self) -> bool:
-        """Available runs are what limits admission: no more of them than the free ids (cached ones too)
-        could fill with requests shaped like the running ones (a slot and their mean attention blocks each).
-        Only then does attention evict a cached block rather than break a run. An estimate: the pool does not
-        see the waiting queue, so it may evict where no request needs the run (tests/engine/
-        test_engine_checkpoint_keys.py, one request at a time: 1,728 tokens hit instead of 2,304)."""
-        held_slots = len(self.slot_reps) - self.num_cached_slots
-        held = len(self.blocks) - 1 - self.num_free_blocks  # block 0 is vLLM's null block
-        per_request = self.k + max(held - held_slots * self.k, 0) / max(held_slots, 1)
-        return self.runs.num_avail_runs * per_request <= self.num_free_blocks
+        """Available runs are what admission runs out of: no more of them than requests waiting for one. Only
+        then does attention evict a cached block rather than break a run; with runs to spare, it keeps the
+        cache (an estimate from the pool alone, without the queue, cost a quarter of the hits in
+        tests/engine/test_engine_checkpoint_keys.py, one request at a time)."""
+        return self.runs.num_avail_runs <= self.waiting_requests
 
     def _is_outside(self, i: int) -> bool:
         return not self.runs.in_available_run(i)
@@ -334,7 +330,6 @@ class CachingFreeBlockQueue(OrderedFreeBlockQueue):
         size = self.lru.pop(rep)
         self.age.pop(rep, None)
         self.num_cached_free -= size
-        self.num_cached_slots -= size > 1
         block = self.blocks[rep]
         self.pool._maybe_evict_cached_block(block)
         self.slot_reps.discard(rep)
@@ -374,7 +369,6 @@ class CachingFreeBlockQueue(OrderedFreeBlockQueue):
         if size is not None:
             self.age.pop(i, None)
             self.num_cached_free -= size
-            self.num_cached_slots -= size > 1
             self.runs.evictable(self._unit_ids(i, size), -1)
             return
         assert i not in self.slot_reps, f"slot {i} is held, not free"
@@ -392,7 +386,6 @@ class CachingFreeBlockQueue(OrderedFreeBlockQueue):
         if front:
             self.lru.move_to_end(i, last=False)
         self.num_cached_free += size
-        self.num_cached_slots += size > 1
         self.runs.evictable(self._unit_ids(i, size), +1)
         if size == 1:
             if front:

@@ -88,6 +88,8 @@ def _aligned_split(original):
         on_blocks = split(state_block, True)
         managers = self.kv_cache_manager.coordinator.single_type_managers
         request = args[0] if args else kwargs["request"]
+        # the pool keeps aligned runs whole while requests wait for them (CachingFreeBlockQueue._runs_bind)
+        self.kv_cache_manager.block_pool.free_block_queue.waiting_requests = len(self.waiting)
         spare = all(m.can_spare_slot() for m in managers if hasattr(m, "can_spare_slot"))
         num_new_tokens = args[1] if len(args) > 1 else kwargs["num_new_tokens"]
         start = request.num_computed_tokens + sum(args[2:]) + sum(
