@@ -65,6 +65,8 @@ def _aligned_split(original):
         config = getattr(self, "kv_cache_config", None)  # a partial scheduler (vLLM's tests): stock
         if not (isinstance(config, NaturalKVCacheConfig) and config.state_ids_are_block_ids):
             return original(self, *args, **kwargs)  # stock, or natural "none" mode (no state blocks keyed)
+        # the pool keeps aligned runs whole while requests wait for them (CachingFreeBlockQueue._runs_bind)
+        self.kv_cache_manager.block_pool.free_block_queue.waiting_requests = len(self.waiting)
 
         def split(block_size: int, exports: bool) -> int:
             cache_config, has_export = self.cache_config, self.mamba_has_prefill_checkpoint_blocks
@@ -88,8 +90,6 @@ def _aligned_split(original):
         on_blocks = split(state_block, True)
         managers = self.kv_cache_manager.coordinator.single_type_managers
         request = args[0] if args else kwargs["request"]
-        # the pool keeps aligned runs whole while requests wait for them (CachingFreeBlockQueue._runs_bind)
-        self.kv_cache_manager.block_pool.free_block_queue.waiting_requests = len(self.waiting)
         spare = all(m.can_spare_slot() for m in managers if hasattr(m, "can_spare_slot"))
         num_new_tokens = args[1] if len(args) > 1 else kwargs["num_new_tokens"]
         start = request.num_computed_tokens + sum(args[2:]) + sum(
