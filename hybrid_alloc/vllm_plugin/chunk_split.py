@@ -19,9 +19,9 @@ Where the layers export nothing (GDN, except with FlashInfer where the release h
 prompt's tail stop leaves the checkpoint repeated prompts hit at the cost of a step for the prompt; it is
 kept only where the pool can spare a slot for that checkpoint and hold every waiting request beside it
 (``_room_for_waiting``). Where requests wait for memory, admitting them would evict it first: on the mixed
-workload the stops cost a step per admission round (43 steps against 40), without them 40. Chunk ends on
-multiples of C stay wherever a slot can be spared (they cost at most a quarter of a chunk; in
-tests/engine/test_engine_checkpoint_keys.py gating them too lost a quarter of the hits).
+workload, where requests wait in every round, the gate takes 40 engine steps against 41 without it (40 with
+caching off). Chunk ends on multiples of C stay wherever a slot can be spared (they cost at most a quarter
+of a chunk).
 The live ``cache_config``, shared with the workers, is never changed.
 """
 

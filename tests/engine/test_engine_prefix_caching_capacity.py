@@ -9,9 +9,9 @@ the prompt's last block boundary from inside the prefill (on CPU through
 stops early for it. GDN (bfloat16) caching on 40 / 0, off 40 / 0, stock caching on 58 / 1: GDN layers export
 nothing in vLLM 0.32, so a prompt's prefill stops at its last block boundary to leave the checkpoint that
 repeated prompts hit, but only where the pool holds every waiting request beside it (``chunk_split``): here
-requests wait for memory in every round, and a tail stop cost a step per admission round (43 steps). Both
-need attention to keep aligned runs whole (``block_pool.CachingFreeBlockQueue``): with attention at the
-lowest uncached ids, cached blocks pushed it into free runs and a round admitted one request fewer (48).
+requests wait for memory in every round (41 steps without that gate). Attention keeps aligned runs whole
+(``block_pool.CachingFreeBlockQueue``): with attention at the lowest uncached ids, cached blocks pushed it
+into free runs and a round admitted one request fewer (43 steps without the gate, 48 with it).
 
 With prefix caching on, each running request holds one state slot; vLLM's align logic would take a second
 one whenever a request's state moves past a checkpoint position, and a third to keep a prompt's partial
