@@ -120,6 +120,7 @@ class FreeRuns:
             i = key + n if key < 0 else key
             if self.free[i] and (key < 0 or not self.in_available_run(i)):
                 self._mark_taken(i)
+                self._maybe_compact()
                 return i
         return None
 
@@ -129,6 +130,7 @@ class FreeRuns:
             i = heapq.heappop(self._whole)
             if self.free[i] and self.in_available_run(i):
                 self._mark_taken(i)
+                self._maybe_compact()
                 return i
         return None
 
@@ -140,7 +142,6 @@ class FreeRuns:
         while len(out) < n:
             i = self.take_broken()
             out.append(self.take_whole() if i is None else i)
-        self._maybe_compact()
         return out
 
     def take_run(self) -> int:
@@ -351,7 +352,6 @@ class CachingFreeBlockQueue(OrderedFreeBlockQueue):
                 self.evict_one()
                 continue
             out.append(i)
-        runs._maybe_compact()
         return [self.blocks[i] for i in out]
 
     def pop_run(self) -> tuple[int, list]:

@@ -87,7 +87,6 @@ def _aligned_split(original):
             on_checkpoints = split(interval, True)
             on_blocks = split(config.block_size, False)
             return on_checkpoints if 4 * on_checkpoints >= 3 * on_blocks else on_blocks
-        on_blocks = split(state_block, True)
         managers = self.kv_cache_manager.coordinator.single_type_managers
         request = args[0] if args else kwargs["request"]
         spare = all(m.can_spare_slot() for m in managers if hasattr(m, "can_spare_slot"))
@@ -99,6 +98,7 @@ def _aligned_split(original):
             # the prompt's tail checkpoint is not worth a step where the pool cannot spare it a slot, or
             # would evict it to admit the waiting requests: the chunk finishes the prompt
             return num_new_tokens
+        on_blocks = split(state_block, True)
         if not spare:
             return on_blocks  # mid-prompt: floored to attention blocks, no early stop on C for a dropped checkpoint
         on_checkpoints = split(interval, False)
